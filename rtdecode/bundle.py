@@ -1,0 +1,148 @@
+"""Model bundles: ``engines/<name>/manifest.json`` plus safetensors weights. Never pickle.
+
+A bundle is refused — with a message that says why, and before any weight is used — when the
+manifest is missing, malformed or of another format, when a listed file is missing, or when
+a file's SHA-256 differs from the manifest's (a corrupt or foreign file).
+
+Manifest fields (format 1)
+--------------------------
+``format``, ``name``, ``kind`` (which decoder family), ``created``, ``subject``,
+``geometry`` (the volume grid it was trained on), ``mask`` (name of the tensor with the flat
+voxel indices it reads), ``lags`` (hemodynamic lags in TRs), ``tr``, ``fps``,
+``frames_per_tr``, ``frame_size``, ``vocabulary``, ``training`` (data fingerprint and
+settings), ``metrics`` (evaluation at training time), ``files`` ({file: sha256}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+__all__ = ["BUNDLE_FORMAT", "Bundle", "BundleError", "load_bundle", "save_bundle", "sha256_file"]
+
+BUNDLE_FORMAT = 1
+REQUIRED = {"format": int, "name": str, "kind": str, "geometry": dict, "lags": list, "tr": (int, float),
+            "fps": (int, float), "frames_per_tr": int, "frame_size": list, "files": dict}
+
+
+class BundleError(ValueError):
+    """A model bundle cannot be used."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its manifest and its tensors (numpy arrays by name)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    tensors: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def kind(self) -> str:
+        """Decoder family (``ridge``, ``neurons``, ...)."""
+        return self.manifest["kind"]
+
+    @property
+    def lags(self) -> tuple[int, ...]:
+        """Hemodynamic lags in TRs."""
+        return tuple(int(x) for x in self.manifest["lags"])
+
+    @property
+    def digest(self) -> str:
+        """A short hash identifying the bundle's content (for caches and records)."""
+        files = json.dumps(self.manifest["files"], sort_keys=True).encode()
+        return hashlib.sha256(files).hexdigest()[:16]
+
+    def tensor(self, name: str) -> np.ndarray:
+        """One tensor; BundleError if missing."""
+        if name not in self.tensors:
+            raise BundleError(f"bundle {self.path} has no tensor {name!r}")
+        return self.tensors[name]
+
+
+def _check_manifest(m: Any, path: Path) -> None:
+    if not isinstance(m, dict):
+        raise BundleError(f"{path}: manifest is not a JSON object")
+    for key, tp in REQUIRED.items():
+        if key not in m:
+            raise BundleError(f"{path}: manifest lacks {key!r}")
+        if not isinstance(m[key], tp):
+            raise BundleError(f"{path}: manifest field {key!r} has the wrong type")
+    if m["format"] != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: bundle format {m['format']} is not {BUNDLE_FORMAT}")
+    for name in m["files"]:
+        if not name.endswith(".safetensors") or "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"{path}: refusing file {name!r} (only safetensors inside the bundle)")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and verify a bundle directory.
+
+    Raises
+    ------
+    BundleError
+        With the reason: missing, malformed, foreign or corrupt.
+    """
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.exists():
+        raise BundleError(f"{path} is not a model bundle (no manifest.json); train one with "
+                          "`rtdecode train` or use engines/default")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON ({exc})") from exc
+    _check_manifest(manifest, path)
+    tensors: dict[str, np.ndarray] = {}
+    for name, digest in manifest["files"].items():
+        fpath = path / name
+        if not fpath.exists():
+            raise BundleError(f"{path}: file {name} listed in the manifest is missing")
+        if sha256_file(fpath) != digest:
+            raise BundleError(f"{path}: {name} does not match the manifest's checksum (corrupt or foreign file)")
+        try:
+            tensors.update(load_file(str(fpath)))
+        except Exception as exc:  # safetensors raises its own error types
+            raise BundleError(f"{path}: {name} is not a readable safetensors file ({exc})") from exc
+    return Bundle(path, manifest, tensors)
+
+
+def save_bundle(path: str | Path, manifest: dict[str, Any], tensors: dict[str, np.ndarray],
+                weights: str = "weights.safetensors") -> Bundle:
+    """Write a bundle (tensors to safetensors, manifest with checksums) and reload it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    save_file(arrays, str(path / weights))
+    m = {"format": BUNDLE_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **manifest}
+    m["files"] = {weights: sha256_file(path / weights)}
+    tmp = path / "manifest.json.tmp"
+    tmp.write_text(json.dumps(m, indent=1, default=_json_default))
+    tmp.replace(path / "manifest.json")
+    return load_bundle(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to a manifest")

@@ -1,0 +1,51 @@
+"""Renderers: Conditions → a clip of F frames (uint8 RGB) for one TR."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import cv2
+import numpy as np
+
+from rtdecode.conditions import Conditions
+
+__all__ = ["Renderer", "UpsampleRenderer", "resize_clip"]
+
+
+def resize_clip(frames: np.ndarray, n_frames: int, size: tuple[int, int]) -> np.ndarray:
+    """Resample a (F, h, w, 3) float clip to ``n_frames`` frames of ``size`` (H, W).
+
+    Linear interpolation in time, bicubic in space; values stay float.
+    """
+    f = frames.shape[0]
+    pos = np.linspace(0, f - 1, n_frames) if f > 1 else np.zeros(n_frames)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, f - 1)
+    w = (pos - lo)[:, None, None, None]
+    timed = frames[lo] * (1 - w) + frames[hi] * w
+    h, wd = size
+    return np.stack([cv2.resize(fr.astype(np.float32), (wd, h), interpolation=cv2.INTER_CUBIC)
+                     for fr in timed])
+
+
+class Renderer(ABC):
+    """Base class: turns one TR's conditions into a clip."""
+
+    frames_per_tr: int
+    size: tuple[int, int]
+
+    @abstractmethod
+    def render(self, conditions: Conditions) -> np.ndarray:
+        """(F, H, W, 3) uint8 clip for ``conditions.tr``."""
+
+
+class UpsampleRenderer(Renderer):
+    """The blurry reconstruction itself, resampled to the clip's frame count and size."""
+
+    def __init__(self, frames_per_tr: int, size: tuple[int, int]) -> None:
+        self.frames_per_tr = frames_per_tr
+        self.size = tuple(size)
+
+    def render(self, conditions: Conditions) -> np.ndarray:
+        clip = resize_clip(conditions.blurry, self.frames_per_tr, self.size)
+        return (np.clip(clip, 0, 1) * 255 + 0.5).astype(np.uint8)
