@@ -29,8 +29,19 @@ def main() -> int:
     args = ap.parse_args()
     sid = f"jitter-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scanner_sim.cli", "stream", "--n-tr", str(args.n_tr),
-         "--scanner.tr", str(args.tr), "--source-id", sid, "--no-stimulus-stream"],
+        [
+            sys.executable,
+            "-m",
+            "scanner_sim.cli",
+            "stream",
+            "--n-tr",
+            str(args.n_tr),
+            "--scanner.tr",
+            str(args.tr),
+            "--source-id",
+            sid,
+            "--no-stimulus-stream",
+        ],
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -50,14 +61,21 @@ def main() -> int:
     jitter = np.abs(np.diff(arrivals) - args.tr) * 1e3
     q = {f"p{p}": float(np.percentile(jitter, p)) for p in (50, 95, 99)}
     result = {
-        "benchmark": "stream_jitter", "voxels": int(info.channel_count()), "tr_s": args.tr,
-        "intervals": len(jitter), **{f"{k}_ms": v for k, v in q.items()},
-        "max_ms": float(jitter.max()), "machine": f"{platform.machine()} {platform.processor()}".strip(),
-        "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+        "benchmark": "stream_jitter",
+        "voxels": int(info.channel_count()),
+        "tr_s": args.tr,
+        "intervals": len(jitter),
+        **{f"{k}_ms": v for k, v in q.items()},
+        "max_ms": float(jitter.max()),
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "cpus": __import__("os").cpu_count(),
+        "python": platform.python_version(),
     }
-    print(f"{len(jitter)} intervals at TR {args.tr:g} s, {info.channel_count()} voxels: "
-          f"jitter p50 {q['p50']:.2f} ms, p95 {q['p95']:.2f} ms, p99 {q['p99']:.2f} ms, "
-          f"max {jitter.max():.2f} ms  (bound: p99 < 5 ms)")
+    print(
+        f"{len(jitter)} intervals at TR {args.tr:g} s, {info.channel_count()} voxels: "
+        f"jitter p50 {q['p50']:.2f} ms, p95 {q['p95']:.2f} ms, p99 {q['p99']:.2f} ms, "
+        f"max {jitter.max():.2f} ms  (bound: p99 < 5 ms)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     return 0 if q["p99"] < 5.0 else 1

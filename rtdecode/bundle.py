@@ -28,8 +28,18 @@ from safetensors.numpy import load_file, save_file
 __all__ = ["BUNDLE_FORMAT", "Bundle", "BundleError", "load_bundle", "save_bundle", "sha256_file"]
 
 BUNDLE_FORMAT = 1
-REQUIRED = {"format": int, "name": str, "kind": str, "geometry": dict, "lags": list, "tr": (int, float),
-            "fps": (int, float), "frames_per_tr": int, "frame_size": list, "files": dict}
+REQUIRED = {
+    "format": int,
+    "name": str,
+    "kind": str,
+    "geometry": dict,
+    "lags": list,
+    "tr": (int, float),
+    "fps": (int, float),
+    "frames_per_tr": int,
+    "frame_size": list,
+    "files": dict,
+}
 
 
 class BundleError(ValueError):
@@ -102,8 +112,10 @@ def load_bundle(path: str | Path) -> Bundle:
     path = Path(path)
     mpath = path / "manifest.json"
     if not mpath.exists():
-        raise BundleError(f"{path} is not a model bundle (no manifest.json); train one with "
-                          "`rtdecode train` or use engines/default")
+        raise BundleError(
+            f"{path} is not a model bundle (no manifest.json); train one with "
+            "`rtdecode train` or use engines/default"
+        )
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -115,7 +127,9 @@ def load_bundle(path: str | Path) -> Bundle:
         if not fpath.exists():
             raise BundleError(f"{path}: file {name} listed in the manifest is missing")
         if sha256_file(fpath) != digest:
-            raise BundleError(f"{path}: {name} does not match the manifest's checksum (corrupt or foreign file)")
+            raise BundleError(
+                f"{path}: {name} does not match the manifest's checksum (corrupt or foreign file)"
+            )
         try:
             tensors.update(load_file(str(fpath)))
         except Exception as exc:  # safetensors raises its own error types
@@ -123,8 +137,12 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(path, manifest, tensors)
 
 
-def save_bundle(path: str | Path, manifest: dict[str, Any], tensors: dict[str, np.ndarray],
-                weights: str = "weights.safetensors") -> Bundle:
+def save_bundle(
+    path: str | Path,
+    manifest: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    weights: str = "weights.safetensors",
+) -> Bundle:
     """Write a bundle (tensors to safetensors, manifest with checksums) and reload it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -47,11 +47,16 @@ def _print_summary(summary: dict) -> None:
     lat = summary.get("latency_ms", {})
     print(f"volumes: {summary['volumes']}  clips: {summary['clips']}  drops: {summary['drops']}")
     for name, q in lat.items():
-        print(f"  {name:26s} p50 {q['p50']:7.1f} ms  p95 {q['p95']:7.1f} ms  p99 {q['p99']:7.1f} ms  "
-              f"max {q['max']:7.1f} ms  (n={q['n']})")
+        print(
+            f"  {name:26s} p50 {q['p50']:7.1f} ms  p95 {q['p95']:7.1f} ms  p99 {q['p99']:7.1f} ms  "
+            f"max {q['max']:7.1f} ms  (n={q['n']})"
+        )
     noted = {k: v for k, v in summary.get("events", {}).items() if k not in ("reconnected",)}
     if noted:
-        print("  events: " + ", ".join(f"{k} at TR {v[:8]}{'…' if len(v) > 8 else ''}" for k, v in noted.items()))
+        print(
+            "  events: "
+            + ", ".join(f"{k} at TR {v[:8]}{'…' if len(v) > 8 else ''}" for k, v in noted.items())
+        )
     print(f"  record: {summary['record']}")
 
 
@@ -79,6 +84,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_simulator(sim: subprocess.Popen, source: str, timeout: float = 120.0) -> None:
+    """Wait until the simulator's stream is visible; fail at once if the simulator dies."""
+    import time
+
+    from rtdecode.lsl import StreamNotFoundError, resolve_stream
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sim.poll() is not None:
+            raise StreamNotFoundError(f"the simulator exited with code {sim.returncode} before streaming")
+        try:
+            resolve_stream(source_id=source, timeout=1.0)
+            return
+        except StreamNotFoundError:
+            continue
+    raise StreamNotFoundError(f"the simulator did not start streaming within {timeout:g} s")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rtdecode.bundle import load_bundle
     from rtdecode.ingest import IngestConfig
@@ -89,14 +112,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     bundle = load_bundle(cfg.bundle)
     source = f"demo-{uuid.uuid4().hex[:8]}"
     sim = subprocess.Popen(
-        [sys.executable, "-m", "scanner_sim.cli", "stream", "--n-tr", str(cfg.n_tr), "--speed", str(cfg.speed),
-         "--subject", str(cfg.subject), "--seed", str(cfg.seed), "--movie-seed", str(cfg.movie_seed),
-         "--source-id", source, "--wait-consumer-s", "120"],
+        [
+            sys.executable,
+            "-m",
+            "scanner_sim.cli",
+            "stream",
+            "--n-tr",
+            str(cfg.n_tr),
+            "--speed",
+            str(cfg.speed),
+            "--subject",
+            str(cfg.subject),
+            "--seed",
+            str(cfg.seed),
+            "--movie-seed",
+            str(cfg.movie_seed),
+            "--source-id",
+            source,
+            "--wait-consumer-s",
+            "120",
+        ],
     )
     try:
-        ecfg = EngineConfig(bundle=cfg.bundle, sessions=cfg.sessions,
-                            ingest=IngestConfig(source_id=source, max_trs=cfg.n_tr, lost_timeout_s=5.0,
-                                                resolve_timeout_s=120.0))
+        _wait_for_simulator(sim, source)
+        ecfg = EngineConfig(
+            bundle=cfg.bundle,
+            sessions=cfg.sessions,
+            ingest=IngestConfig(
+                source_id=source, max_trs=cfg.n_tr, lost_timeout_s=5.0, resolve_timeout_s=120.0
+            ),
+        )
         video = SideBySideVideo(cfg.out / "demo.mp4", fps=float(bundle.manifest["fps"]))
         summary = _run_engine(Engine(ecfg, [video], bundle=bundle))
     finally:
@@ -113,8 +158,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from rtdecode.record import replay_record
 
-    n = replay_record(args.session, speed=args.speed, name=args.name, source_id=args.source_id,
-                      usable_only=args.usable_only, wait_for_consumer=args.wait)
+    n = replay_record(
+        args.session,
+        speed=args.speed,
+        name=args.name,
+        source_id=args.source_id,
+        usable_only=args.usable_only,
+        wait_for_consumer=args.wait,
+    )
     print(f"sent {n} volumes", file=sys.stderr)
     return 0
 
@@ -134,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rtdecode.pipeline import EngineConfig
     from rtdecode.train.ridge import RidgeConfig
 
-    parser = argparse.ArgumentParser(prog="rtdecode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rtdecode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,11 +229,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, BundleError, StreamNotFoundError, RecordError, FileNotFoundError, ValueError) as exc:
+    except (
+        ConfigError,
+        BundleError,
+        StreamNotFoundError,
+        RecordError,
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as exc:
         print(f"rtdecode: error: {exc}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

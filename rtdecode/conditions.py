@@ -6,35 +6,47 @@ reader can rebuild them; every message carries ``schema`` (:data:`SCHEMA_VERSION
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
 import numpy as np
 
-__all__ = ["SCHEMA_VERSION", "Conditions", "pack", "unpack"]
+__all__ = ["SCHEMA_VERSION", "Conditions", "pack", "pack_ndarrays", "unpack", "unpack_ndarrays"]
 
 SCHEMA_VERSION = 1
 
 
-def _default(obj: Any) -> Any:
+def pack_ndarrays(obj: Any) -> Any:
+    """msgpack ``default=`` hook: numpy arrays as ``{"__nd__", dtype, shape, data}``.
+
+    Numpy scalars become plain Python numbers; anything else msgpack cannot encode raises
+    ``TypeError``.
+    """
     if isinstance(obj, np.ndarray):
-        return {"__nd__": True, "dtype": obj.dtype.str, "shape": list(obj.shape),
-                "data": np.ascontiguousarray(obj).tobytes()}
+        if obj.dtype.hasobject:
+            raise TypeError("object arrays cannot be packed")
+        arr = np.ascontiguousarray(obj)
+        return {"__nd__": True, "dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
-def _hook(obj: dict) -> Any:
-    if obj.get("__nd__"):
-        return np.frombuffer(obj["data"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+def unpack_ndarrays(obj: dict) -> Any:
+    """msgpack ``object_hook=``: the inverse of :func:`pack_ndarrays` (writable arrays)."""
+    if obj.get("__nd__") is True:
+        arr = np.frombuffer(obj["data"], dtype=np.dtype(obj["dtype"]))
+        return arr.reshape(obj["shape"]).copy()
     return obj
 
 
 def pack(obj: Any) -> bytes:
     """msgpack bytes of a structure that may hold numpy arrays."""
-    return msgpack.packb(obj, default=_default, use_bin_type=True)
+    return msgpack.packb(obj, default=pack_ndarrays, use_bin_type=True)
 
 
 def unpack(data: bytes, max_bytes: int = 64 << 20) -> Any:
@@ -48,7 +60,7 @@ def unpack(data: bytes, max_bytes: int = 64 << 20) -> Any:
     if len(data) > max_bytes:
         raise ValueError(f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        return msgpack.unpackb(data, object_hook=_hook, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, object_hook=unpack_ndarrays, raw=False, strict_map_key=False)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
         raise ValueError(f"malformed msgpack message: {exc}") from exc
 

@@ -183,8 +183,13 @@ def resample_rigid(
         matrix = np.linalg.inv(matrix)
         offset = -matrix @ offset
     out = ndimage.affine_transform(
-        np.asarray(volume, dtype=np.float32), matrix, offset, order=order, mode="constant",
-        cval=cval, prefilter=order > 1,
+        np.asarray(volume, dtype=np.float32),
+        matrix,
+        offset,
+        order=order,
+        mode="constant",
+        cval=cval,
+        prefilter=order > 1,
     )
     return out
 

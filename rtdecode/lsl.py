@@ -18,8 +18,8 @@ import pylsl
 from rtdecode.geometry import VolumeGeometry
 
 __all__ = [
-    "VOLUME_STREAM_TYPE",
     "STIMULUS_STREAM_TYPE",
+    "VOLUME_STREAM_TYPE",
     "FrameOutlet",
     "StreamNotFoundError",
     "VolumeOutlet",
@@ -241,7 +241,10 @@ class VolumeOutlet:
 
 
 def frame_stream_info(
-    size: tuple[int, int], fps: float, name: str = "scanner_sim_stimulus", source_id: str = "scanner_sim_stimulus"
+    size: tuple[int, int],
+    fps: float,
+    name: str = "scanner_sim_stimulus",
+    source_id: str = "scanner_sim_stimulus",
 ) -> pylsl.StreamInfo:
     """A StreamInfo for RGB stimulus frames: one sample per frame, ``H*W*3`` uint8 values
     sent as int8 bytes (LSL has no unsigned 8-bit format; view the sample as uint8)."""
@@ -263,8 +266,13 @@ def frame_size_from_info(info: pylsl.StreamInfo) -> tuple[int, int]:
 class FrameOutlet:
     """An LSL outlet for stimulus frames (uint8 RGB), on the same clock as the volumes."""
 
-    def __init__(self, size: tuple[int, int], fps: float, name: str = "scanner_sim_stimulus",
-                 source_id: str = "scanner_sim_stimulus") -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        fps: float,
+        name: str = "scanner_sim_stimulus",
+        source_id: str = "scanner_sim_stimulus",
+    ) -> None:
         self.size = tuple(size)
         self.info = frame_stream_info(self.size, fps, name, source_id)
         self.outlet = pylsl.StreamOutlet(self.info, chunk_size=1, max_buffered=60)

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from rtdecode.bundle import Bundle, load_bundle
-from rtdecode.conditions import Conditions
 from rtdecode.config import config_to_dict
 from rtdecode.decode import Decoder, load_decoder
 from rtdecode.ingest import FrameIngest, IngestConfig, VolumeIngest
@@ -58,26 +57,36 @@ class EngineConfig:
 
 
 class LatestSlot:
-    """A one-place queue where a new item replaces (drops) the waiting one: newest wins."""
+    """A one-place queue where a new item replaces (drops) the waiting one: newest wins.
+
+    :meth:`close` lets the consumer take the waiting item first, then :data:`END`.
+    """
 
     def __init__(self, on_drop: Callable[[Any], None]) -> None:
         self.item: Any = None
+        self.closed = False
         self.ready = asyncio.Event()
         self.on_drop = on_drop
 
     def put(self, item: Any) -> None:
         """Offer an item; a waiting item not yet taken is dropped."""
-        if self.item is not None and self.item is not END:
+        if self.item is not None:
             self.on_drop(self.item)
-        if self.item is not END:
-            self.item = item
+        self.item = item
+        self.ready.set()
+
+    def close(self) -> None:
+        """No more items: the consumer drains the slot, then receives END."""
+        self.closed = True
         self.ready.set()
 
     async def get(self) -> Any:
-        """Wait for and take the newest item."""
+        """Wait for and take the newest item (END once closed and empty)."""
         await self.ready.wait()
-        item, self.item = self.item, (END if self.item is END else None)
-        if item is not END:
+        item, self.item = self.item, None
+        if item is None:
+            return END
+        if not self.closed:
             self.ready.clear()
         return item
 
@@ -101,9 +110,14 @@ class Engine:
         Override what the bundle provides (tests, benchmarks).
     """
 
-    def __init__(self, config: EngineConfig, outputs: list[Output] | None = None,
-                 bundle: Bundle | None = None, decoder: Decoder | None = None,
-                 renderer: Renderer | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        outputs: list[Output] | None = None,
+        bundle: Bundle | None = None,
+        decoder: Decoder | None = None,
+        renderer: Renderer | None = None,
+    ) -> None:
         self.cfg = config
         self.bundle = bundle or load_bundle(config.bundle)
         self.decoder = decoder or load_decoder(self.bundle)
@@ -125,14 +139,18 @@ class Engine:
         geo = self.ingest.geometry
         want = tuple(self.bundle.manifest["geometry"]["dims"])
         if geo.dims != want:
-            raise ValueError(f"the stream's volumes are {geo.dims} but bundle {self.bundle.path} was "
-                             f"trained on {want}; use a bundle for this geometry")
+            raise ValueError(
+                f"the stream's volumes are {geo.dims} but bundle {self.bundle.path} was "
+                f"trained on {want}; use a bundle for this geometry"
+            )
 
     def _preprocessor(self) -> Preprocessor:
         cfg = self.cfg.preprocess
         if cfg is None:
             saved = self.bundle.manifest.get("preprocess", {})
-            cfg = PreprocessConfig(**{k: v for k, v in saved.items() if k in PreprocessConfig.__dataclass_fields__})
+            cfg = PreprocessConfig(
+                **{k: v for k, v in saved.items() if k in PreprocessConfig.__dataclass_fields__}
+            )
         mask = np.zeros(self.ingest.geometry.n_voxels, bool)
         mask[self.decoder.mask_index] = True
         return Preprocessor(self.ingest.geometry, cfg, mask=mask.reshape(self.ingest.geometry.dims))
@@ -174,8 +192,9 @@ class Engine:
 
     def _drop(self, stage: str, tr: int) -> None:
         self.drops[stage] += 1
-        self._on_event(Event("drop", tr, f"{stage} fell behind; TR {tr} skipped (newest wins)",
-                             data={"stage": stage}))
+        self._on_event(
+            Event("drop", tr, f"{stage} fell behind; TR {tr} skipped (newest wins)", data={"stage": stage})
+        )
 
     # ------------------------------------------------------------------ stages
     async def _preprocess_stage(self) -> None:
@@ -187,8 +206,14 @@ class Engine:
             data = np.array(vol.data, dtype=np.float32)  # leave the ingest ring buffer at once
             result = await self.loop.run_in_executor(self._pre_exec, pre.step, data)
             vol.stamps["preprocessed"] = local_clock()
-            self.record.write_preprocess(vol.tr, result.motion, result.fd, spikes=result.spikes,
-                                         settled=result.settled, iterations=result.iterations)
+            self.record.write_preprocess(
+                vol.tr,
+                result.motion,
+                result.fd,
+                spikes=result.spikes,
+                settled=result.settled,
+                iterations=result.iterations,
+            )
             self.window[vol.tr] = result.values
             for old in [k for k in self.window if k < vol.tr - max(self.lags) - 4]:
                 del self.window[old]
@@ -200,7 +225,7 @@ class Engine:
                 self.decode_slot.put((stim_tr, vol))
             else:
                 self.record.write_timing(vol.tr, dict(vol.stamps))
-        self.decode_slot.put(END)
+        self.decode_slot.close()
 
     def _window(self, stim_tr: int) -> tuple[np.ndarray, str]:
         rows, degraded = [], []
@@ -230,7 +255,7 @@ class Engine:
             cond.stamps = vol.stamps
             self.record.write_conditions(stim_tr, cond.to_dict())
             self.render_slot.put((cond, vol))
-        self.render_slot.put(END)
+        self.render_slot.close()
 
     async def _render_stage(self) -> None:
         while (item := await self.render_slot.get()) is not END:
@@ -250,8 +275,14 @@ class Engine:
         counts = dict(self.ingest.counts)
         gaps = sum(1 for e in self.events if e.kind == "gap")
         status = {
-            "tr": vol.tr, "fd": result.fd, "motion": result.motion.tolist(), "spikes": result.spikes,
-            "settled": result.settled, "counts": counts, "gaps": gaps, "drops": dict(self.drops),
+            "tr": vol.tr,
+            "fd": result.fd,
+            "motion": result.motion.tolist(),
+            "spikes": result.spikes,
+            "settled": result.settled,
+            "counts": counts,
+            "gaps": gaps,
+            "drops": dict(self.drops),
             "receive_to_preprocessed_ms": _ms(vol.stamps, "received", "preprocessed"),
             "time": time.time(),
         }
@@ -260,18 +291,28 @@ class Engine:
             status["receive_to_clip_ms"] = _ms(last, "received", "rendered")
         if self.cfg.log_every and vol.tr % self.cfg.log_every == 0:
             clip = status.get("receive_to_clip_ms")
-            log.info("TR %4d | pre %5.1f ms | clip %s | FD %.2f mm | late %d bad %d dup %d gaps %d | drops %d",
-                     vol.tr, status["receive_to_preprocessed_ms"] or 0.0,
-                     f"{clip:5.1f} ms" if clip is not None else "  —  ", result.fd, counts["late"],
-                     counts["bad"], counts["duplicate"], gaps, sum(self.drops.values()))
+            log.info(
+                "TR %4d | pre %5.1f ms | clip %s | FD %.2f mm | late %d bad %d dup %d gaps %d | drops %d",
+                vol.tr,
+                status["receive_to_preprocessed_ms"] or 0.0,
+                f"{clip:5.1f} ms" if clip is not None else "  —  ",
+                result.fd,
+                counts["late"],
+                counts["bad"],
+                counts["duplicate"],
+                gaps,
+                sum(self.drops.values()),
+            )
         return status
 
     def summary(self) -> dict[str, Any]:
         """Counts, missing TRs, drops and latency percentiles of the session."""
         lat: dict[str, Any] = {}
-        for name, (a, b) in {"received_to_preprocessed": ("received", "preprocessed"),
-                             "received_to_decoded": ("received", "decoded"),
-                             "received_to_clip": ("received", "rendered")}.items():
+        for name, (a, b) in {
+            "received_to_preprocessed": ("received", "preprocessed"),
+            "received_to_decoded": ("received", "decoded"),
+            "received_to_clip": ("received", "rendered"),
+        }.items():
             vals = [v for v in (_ms(s, a, b) for s in self.latencies) if v is not None]
             if vals:
                 lat[name] = {f"p{p}": float(np.percentile(vals, p)) for p in (50, 95, 99)}
@@ -280,9 +321,14 @@ class Engine:
         kinds: dict[str, list[int]] = {}
         for e in self.events:
             kinds.setdefault(e.kind, []).append(e.tr)
-        return {"volumes": dict(self.ingest.counts), "events": kinds, "drops": dict(self.drops),
-                "clips": len(self.latencies), "latency_ms": lat,
-                "record": str(self.record.path) if self.record else None}
+        return {
+            "volumes": dict(self.ingest.counts),
+            "events": kinds,
+            "drops": dict(self.drops),
+            "clips": len(self.latencies),
+            "latency_ms": lat,
+            "record": str(self.record.path) if self.record else None,
+        }
 
     # ------------------------------------------------------------------ run
     def request_stop(self) -> None:
@@ -299,17 +345,26 @@ class Engine:
         self.ingest = VolumeIngest(self.cfg.ingest, self._on_volume, self._on_event)
         await self.loop.run_in_executor(None, self.ingest.connect)
         self._check_geometry()
-        meta = {"config": config_to_dict(self.cfg), "bundle": str(self.bundle.path),
-                "bundle_digest": self.bundle.digest, "stream": self.ingest.info.name(),
-                "source_id": self.ingest.info.source_id(), "dtype": str(self.ingest.dtype)}
-        self.record = SessionRecord.create(self.cfg.sessions, self.ingest.geometry, meta, fsync=self.cfg.fsync)
+        meta = {
+            "config": config_to_dict(self.cfg),
+            "bundle": str(self.bundle.path),
+            "bundle_digest": self.bundle.digest,
+            "stream": self.ingest.info.name(),
+            "source_id": self.ingest.info.source_id(),
+            "dtype": str(self.ingest.dtype),
+        }
+        self.record = SessionRecord.create(
+            self.cfg.sessions, self.ingest.geometry, meta, fsync=self.cfg.fsync
+        )
         log.info("session record: %s", self.record.path)
         for out in self.outputs:
             out.start(self)
         # Start pulling at once: volumes waiting in the inlet would otherwise count as late.
         self.ingest.start()
-        stages = [asyncio.create_task(c) for c in
-                  (self._preprocess_stage(), self._decode_stage(), self._render_stage())]
+        stages = [
+            asyncio.create_task(c)
+            for c in (self._preprocess_stage(), self._decode_stage(), self._render_stage())
+        ]
         if self.cfg.ingest.stimulus:
             self.frames = await self.loop.run_in_executor(None, FrameIngest.find, self.ingest.info)
             if self.frames is not None:

@@ -45,10 +45,16 @@ class PreprocessConfig:
     motion_correction: bool = True
     mc_iterations: int = field(default=12, metadata={"help": "maximum Gauss-Newton iterations"})
     mc_tolerance: float = field(default=0.002, metadata={"help": "stop when the update is below (mm/deg)"})
-    mc_smooth: float = field(default=1.0, metadata={"help": "Gaussian smoothing (voxels) before registration"})
+    mc_smooth: float = field(
+        default=1.0, metadata={"help": "Gaussian smoothing (voxels) before registration"}
+    )
     mc_step: int = field(default=2, metadata={"help": "use every n-th voxel for registration"})
-    mask_threshold: float = field(default=0.45, metadata={"help": "brain mask: fraction of the 98th percentile"})
-    detrend_tau_s: float = field(default=120.0, metadata={"help": "forgetting time of the incremental detrend"})
+    mask_threshold: float = field(
+        default=0.45, metadata={"help": "brain mask: fraction of the 98th percentile"}
+    )
+    detrend_tau_s: float = field(
+        default=120.0, metadata={"help": "forgetting time of the incremental detrend"}
+    )
     despike_z: float = field(default=4.0, metadata={"help": "soft limit for z-scores"})
     warmup: int = field(default=8, metadata={"help": "TRs before outputs count as settled"})
 
@@ -78,8 +84,13 @@ class MotionCorrector:
         so the head's edges, where most of the information is, take part).
     """
 
-    def __init__(self, reference: np.ndarray, geometry: VolumeGeometry,
-                 config: PreprocessConfig = PreprocessConfig(), mask: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        reference: np.ndarray,
+        geometry: VolumeGeometry,
+        config: PreprocessConfig = PreprocessConfig(),
+        mask: np.ndarray | None = None,
+    ) -> None:
         self.geometry = geometry
         self.cfg = config
         ref = ndimage.gaussian_filter(reference.astype(np.float32), config.mc_smooth)
@@ -102,13 +113,24 @@ class MotionCorrector:
         d_rx = np.stack([np.zeros(len(y)), -y[:, 2], y[:, 1]], axis=1)
         d_ry = np.stack([y[:, 2], np.zeros(len(y)), -y[:, 0]], axis=1)
         d_rz = np.stack([-y[:, 1], y[:, 0], np.zeros(len(y))], axis=1)
-        jac = np.stack([g[:, 0], g[:, 1], g[:, 2], (g * d_rx).sum(1), (g * d_ry).sum(1),
-                        (g * d_rz).sum(1), self.ref_values], axis=1).astype(np.float64)
+        jac = np.stack(
+            [
+                g[:, 0],
+                g[:, 1],
+                g[:, 2],
+                (g * d_rx).sum(1),
+                (g * d_ry).sum(1),
+                (g * d_rz).sum(1),
+                self.ref_values,
+            ],
+            axis=1,
+        ).astype(np.float64)
         self.jacobian = jac
         self.solver = np.linalg.pinv(jac.T @ jac) @ jac.T  # (7, N): constant Gauss-Newton step
 
-    def _sample(self, volume: np.ndarray, params: np.ndarray, points_mm: np.ndarray,
-                order: int = 1) -> np.ndarray:
+    def _sample(
+        self, volume: np.ndarray, params: np.ndarray, points_mm: np.ndarray, order: int = 1
+    ) -> np.ndarray:
         """Values of an acquired volume at the scanner positions of head-space points."""
         rot = rotation_matrix(*params[3:6]).astype(np.float32)
         pos = points_mm @ rot.T + params[:3].astype(np.float32)
@@ -119,7 +141,9 @@ class MotionCorrector:
         """Motion parameters of ``volume`` relative to the reference, and iterations used."""
         smooth = ndimage.gaussian_filter(volume.astype(np.float32), self.cfg.mc_smooth)
         p = np.zeros(7) if init is None else np.concatenate([init[:6], [0.0]])
-        for it in range(1, self.cfg.mc_iterations + 1):
+        iterations = 0
+        while iterations < self.cfg.mc_iterations:
+            iterations += 1
             moved = self._sample(smooth, p, self.points_mm)
             residual = moved * (1 - p[6]) - self.ref_values
             step = self.solver @ residual
@@ -127,7 +151,7 @@ class MotionCorrector:
             p[6] += step[6]
             if np.abs(step[:6]).max() < self.cfg.mc_tolerance:
                 break
-        return p[:6].copy(), it
+        return p[:6].copy(), iterations
 
     def resample(self, volume: np.ndarray, params: np.ndarray, index: np.ndarray) -> np.ndarray:
         """Values of ``volume`` realigned to the reference, at flat voxel ``index``es."""
@@ -179,8 +203,13 @@ class Preprocessor:
         Reference volume for motion correction (default: the first volume stepped).
     """
 
-    def __init__(self, geometry: VolumeGeometry, config: PreprocessConfig = PreprocessConfig(),
-                 mask: np.ndarray | None = None, reference: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        geometry: VolumeGeometry,
+        config: PreprocessConfig = PreprocessConfig(),
+        mask: np.ndarray | None = None,
+        reference: np.ndarray | None = None,
+    ) -> None:
         self.geometry = geometry
         self.cfg = config
         self.mask = mask
@@ -272,9 +301,13 @@ class Preprocessor:
         return Preprocessed(z, params.astype(np.float32), fd, spikes, self.n > self.cfg.warmup, iters)
 
 
-def preprocess_run(volumes: Iterable[np.ndarray], geometry: VolumeGeometry,
-                   config: PreprocessConfig = PreprocessConfig(), mask: np.ndarray | None = None,
-                   reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def preprocess_run(
+    volumes: Iterable[np.ndarray],
+    geometry: VolumeGeometry,
+    config: PreprocessConfig = PreprocessConfig(),
+    mask: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Offline preprocessing of a run with the online code path.
 
     Returns
@@ -284,5 +317,8 @@ def preprocess_run(volumes: Iterable[np.ndarray], geometry: VolumeGeometry,
     """
     pre = Preprocessor(geometry, config, mask, reference)
     out = [pre.step(v) for v in volumes]
-    return (np.stack([o.values for o in out]), np.stack([o.motion for o in out]),
-            np.array([o.fd for o in out], np.float32))
+    return (
+        np.stack([o.values for o in out]),
+        np.stack([o.motion for o in out]),
+        np.array([o.fd for o in out], np.float32),
+    )

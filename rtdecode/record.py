@@ -47,6 +47,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from rtdecode.conditions import pack_ndarrays, unpack_ndarrays
 from rtdecode.geometry import VolumeGeometry
 from rtdecode.lsl import VolumeOutlet, local_clock
 from rtdecode.volume import STATUSES, Event, Volume, checksum
@@ -60,9 +61,7 @@ __all__ = [
     "SessionRecord",
     "VolumeEntry",
     "open_record",
-    "pack_ndarrays",
     "replay_record",
-    "unpack_ndarrays",
 ]
 
 log = logging.getLogger("rtdecode.record")
@@ -87,33 +86,6 @@ class RecordError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- serialisation
-
-
-def pack_ndarrays(obj: Any) -> Any:
-    """msgpack ``default=`` hook: numpy arrays as ``{"__nd__", dtype, shape, data}``.
-
-    Numpy scalars become plain Python numbers; anything else msgpack cannot encode raises
-    ``TypeError``.
-    """
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise TypeError("object arrays cannot be packed")
-        arr = np.ascontiguousarray(obj)
-        return {"__nd__": True, "dtype": arr.dtype.str, "shape": list(arr.shape),
-                "data": arr.tobytes()}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
-def unpack_ndarrays(obj: dict) -> Any:
-    """msgpack ``object_hook=``: the inverse of :func:`pack_ndarrays` (writable arrays)."""
-    if obj.get("__nd__") is True:
-        arr = np.frombuffer(obj["data"], dtype=np.dtype(obj["dtype"]))
-        return arr.reshape(obj["shape"]).copy()
-    return obj
 
 
 def _plain(obj: Any) -> Any:
@@ -175,14 +147,16 @@ class _AppendFile:
             if self.fsync:
                 os.fsync(self.fd)
         except OSError:
-            self._rollback(start)
+            self.truncate(start)
             raise
         self.size = start + len(view)
         return start
 
-    def _rollback(self, size: int) -> None:
+    def truncate(self, size: int) -> None:
+        """Cut the file back to ``size`` bytes (best effort) and append from there."""
         try:
             os.ftruncate(self.fd, size)
+            self.size = size
         except OSError as exc:  # pragma: no cover - nothing more can be done
             log.error("could not truncate %s back to %d bytes: %s", self.path, size, exc)
 
@@ -224,9 +198,20 @@ def _volume_record(vol: Volume) -> tuple[bytes, memoryview, str]:
     shape = [*data.shape, 0, 0, 0][:3]
     status = STATUSES.index(vol.status) if vol.status in STATUSES else STATUSES.index("bad")
     head = VOLUME_HEADER.pack(
-        VOLUME_MAGIC, RECORD_FORMAT, VOLUME_HEADER.size, vol.seq, vol.tr, status, dtype,
-        data.ndim, *shape, float(vol.timestamp), float(vol.received), bytes.fromhex(sha1),
-        data.nbytes, 0,
+        VOLUME_MAGIC,
+        RECORD_FORMAT,
+        VOLUME_HEADER.size,
+        vol.seq,
+        vol.tr,
+        status,
+        dtype,
+        data.ndim,
+        *shape,
+        float(vol.timestamp),
+        float(vol.received),
+        bytes.fromhex(sha1),
+        data.nbytes,
+        0,
     )[:-4]
     header = head + struct.pack("<I", zlib.crc32(head))
     return header, memoryview(data.reshape(-1).view(np.uint8)), sha1
@@ -349,18 +334,26 @@ class SessionRecord:
                 self._buf = bytearray(n)
             buf = memoryview(self._buf)
             buf[: len(header)] = header
-            buf[len(header): n] = data
+            buf[len(header) : n] = data
             try:
                 offset = vfile.append(buf[:n])
                 try:
-                    self._file("volumes.jsonl").append(_json_line({
-                        "seq": vol.seq, "tr": vol.tr, "status": vol.status, "reason": vol.reason,
-                        "timestamp": vol.timestamp, "received": vol.received, "sha1": sha1,
-                        "offset": offset,
-                    }))
+                    self._file("volumes.jsonl").append(
+                        _json_line(
+                            {
+                                "seq": vol.seq,
+                                "tr": vol.tr,
+                                "status": vol.status,
+                                "reason": vol.reason,
+                                "timestamp": vol.timestamp,
+                                "received": vol.received,
+                                "sha1": sha1,
+                                "offset": offset,
+                            }
+                        )
+                    )
                 except OSError:
-                    vfile._rollback(offset)  # keep volumes.bin and its index in step
-                    vfile.size = offset
+                    vfile.truncate(offset)  # keep volumes.bin and its index in step
                     raise
             except OSError as exc:
                 raise RecordError(self._failure("volume of TR", vol.tr, exc)) from exc
@@ -393,8 +386,9 @@ class SessionRecord:
 
     def write_event(self, event: Event) -> None:
         """Append one event (gap, late, drop, error, ...) to ``events.jsonl``."""
-        self._append_line("events.jsonl", event.to_dict(), f"{event.kind} event of TR", event.tr,
-                          count="events")
+        self._append_line(
+            "events.jsonl", event.to_dict(), f"{event.kind} event of TR", event.tr, count="events"
+        )
 
     def write_timing(self, tr: int, stamps: dict[str, float]) -> None:
         """Append the stage-boundary timestamps of one TR to ``timings.jsonl``."""
@@ -402,8 +396,7 @@ class SessionRecord:
 
     def write_preprocess(self, tr: int, motion: Sequence[float], fd: float, **extra: Any) -> None:
         """Append one TR's motion parameters, framewise displacement and extras."""
-        obj = {"tr": tr, "motion": list(np.asarray(motion, dtype=float).ravel()), "fd": fd,
-               **extra}
+        obj = {"tr": tr, "motion": list(np.asarray(motion, dtype=float).ravel()), "fd": fd, **extra}
         self._append_line("preprocess.jsonl", obj, "preprocessing of TR", tr)
 
     # ---------------------------------------------------------------- conditions, clips
@@ -426,8 +419,9 @@ class SessionRecord:
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"a clip must be (F, H, W, 3) uint8, got {arr.shape} {arr.dtype}")
         f, h, w = arr.shape[:3]
-        head = CLIP_HEADER.pack(CLIP_MAGIC, RECORD_FORMAT, CLIP_HEADER.size, int(tr), f, h, w,
-                                arr.nbytes, 0)[:-4]
+        head = CLIP_HEADER.pack(CLIP_MAGIC, RECORD_FORMAT, CLIP_HEADER.size, int(tr), f, h, w, arr.nbytes, 0)[
+            :-4
+        ]
         data = head + struct.pack("<I", zlib.crc32(head)) + arr.tobytes()
         with self._lock:
             self._check_open()
@@ -566,8 +560,7 @@ def _parse_volume_header(raw: bytes, offset: int, size: int) -> VolumeEntry | No
         return None
     if offset + hsize + nbytes > size:  # short data: the write in flight
         return None
-    return VolumeEntry(seq, tr, STATUSES[status], "", ts, rcv, sha1.hex(), dt.str, shape,
-                       offset, hsize)
+    return VolumeEntry(seq, tr, STATUSES[status], "", ts, rcv, sha1.hex(), dt.str, shape, offset, hsize)
 
 
 def _scan_volumes(path: Path) -> tuple[list[VolumeEntry], bool]:
@@ -696,8 +689,7 @@ class Record:
             return []
         out = []
         with open(path, "rb") as f:
-            unpacker = msgpack.Unpacker(f, object_hook=unpack_ndarrays, raw=False,
-                                        max_buffer_size=2**31 - 1)
+            unpacker = msgpack.Unpacker(f, object_hook=unpack_ndarrays, raw=False, max_buffer_size=2**31 - 1)
             try:
                 for obj in unpacker:  # a truncated tail simply ends the iteration
                     if not isinstance(obj, dict):
@@ -737,8 +729,7 @@ def open_record(path: str | os.PathLike) -> Record:
         raise RecordError(f"{session_file} is unreadable: {exc}") from exc
     if fmt != RECORD_FORMAT:
         raise RecordError(
-            f"{path}: record format {fmt!r} is not supported (this rtdecode reads format "
-            f"{RECORD_FORMAT})"
+            f"{path}: record format {fmt!r} is not supported (this rtdecode reads format {RECORD_FORMAT})"
         )
     volumes, truncated = _scan_volumes(path / VOLUMES_FILE)
     reasons = {d.get("seq"): d.get("reason", "") for d in _read_json_lines(path / "volumes.jsonl")}
@@ -747,9 +738,15 @@ def open_record(path: str | os.PathLike) -> Record:
     if truncated:
         log.warning("%s: ignoring an incomplete record at the end of %s", path, VOLUMES_FILE)
     return Record(
-        path=path, geometry=geometry, meta=session.get("meta") or {},
-        status=session.get("status", "open"), format=fmt, session=session, volumes=volumes,
-        truncated_tail=truncated, events=_read_json_lines(path / "events.jsonl"),
+        path=path,
+        geometry=geometry,
+        meta=session.get("meta") or {},
+        status=session.get("status", "open"),
+        format=fmt,
+        session=session,
+        volumes=volumes,
+        truncated_tail=truncated,
+        events=_read_json_lines(path / "events.jsonl"),
         timings=_read_json_lines(path / "timings.jsonl"),
         preprocess=_read_json_lines(path / "preprocess.jsonl"),
     )
@@ -789,8 +786,11 @@ def _replay_entries(rec: Record, usable_only: bool) -> tuple[list[VolumeEntry], 
         entries = [e for e in entries if e.usable]
     fits = [e for e in entries if int(np.prod(e.shape)) == n]
     if len(fits) < len(entries):
-        log.warning("skipping %d volumes whose size differs from the geometry's %d voxels",
-                    len(entries) - len(fits), n)
+        log.warning(
+            "skipping %d volumes whose size differs from the geometry's %d voxels",
+            len(entries) - len(fits),
+            n,
+        )
     dtypes = [e.dtype for e in fits]
     dtype = np.dtype(max(set(dtypes), key=dtypes.count)) if dtypes else np.dtype(np.float32)
     return fits, dtype
@@ -838,8 +838,13 @@ def replay_record(
     rec = open_record(path)
     entries, dtype = _replay_entries(rec, usable_only)
     geometry = dataclasses.replace(rec.geometry, tr=rec.geometry.tr / speed)
-    outlet = VolumeOutlet(geometry, name=name, source_id=source_id or name, dtype=dtype,
-                          extra={"replay_of": str(rec.path), "speed": speed})
+    outlet = VolumeOutlet(
+        geometry,
+        name=name,
+        source_id=source_id or name,
+        dtype=dtype,
+        extra={"replay_of": str(rec.path), "speed": speed},
+    )
     pushed = 0
     try:
         if not _wait_for_consumer(outlet, wait_for_consumer, stop_event):

@@ -57,9 +57,7 @@ def _open_stream(container, fps: float, size: tuple[int, int], crf: int):
     return stream
 
 
-def write_video(
-    path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, crf: int = 18
-) -> int:
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float, crf: int = 18) -> int:
     """Encode frames into a playable video file, streaming (frames are not held in memory).
 
     Parameters
@@ -148,15 +146,21 @@ def _label_band(widths: Sequence[int], gap: int, labels: Sequence[str], height: 
     scale = band_h / 32
     x = 0
     for w, text in zip(widths, labels):
-        cv2.putText(band, str(text), (x + 2, band_h - max(2, band_h // 5)),
-                    cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            band,
+            str(text),
+            (x + 2, band_h - max(2, band_h // 5)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
         x += w + gap
     return band
 
 
-def side_by_side(
-    *clips: np.ndarray, gap: int = 2, labels: Sequence[str] | None = None
-) -> np.ndarray:
+def side_by_side(*clips: np.ndarray, gap: int = 2, labels: Sequence[str] | None = None) -> np.ndarray:
     """Tile same-length clips horizontally, e.g. stimulus | reconstruction | blurry.
 
     Parameters

@@ -114,8 +114,11 @@ def _concept_parts() -> tuple[np.ndarray, np.ndarray]:
 def semantic_dim() -> int:
     """Length of the semantic feature vector."""
     return (
-        len(stimuli.VOCABULARY) + len(stimuli.SHAPES) + len(stimuli.TEXTURES)
-        + len(stimuli.COLOURS) + len(stimuli.BACKGROUNDS)
+        len(stimuli.VOCABULARY)
+        + len(stimuli.SHAPES)
+        + len(stimuli.TEXTURES)
+        + len(stimuli.COLOURS)
+        + len(stimuli.BACKGROUNDS)
     )
 
 
@@ -208,7 +211,8 @@ def _anatomy(rng: np.random.Generator, geometry: VolumeGeometry) -> dict[str, np
     grey = brain & ((cortex_depth < 0.09) | ((cortex_depth < 0.22) & (folds > 0.9)))
     vent = np.zeros_like(brain)
     for side in (-1, 1):
-        v = (xyz - (centre + [side * 7, 2, 6]).reshape(3, 1, 1, 1)) / np.array([5, 18, 7.0]).reshape(3, 1, 1, 1)
+        ventricle_centre = (centre + np.array([side * 7, 2, 6])).reshape(3, 1, 1, 1)
+        v = (xyz - ventricle_centre) / np.array([5, 18, 7.0]).reshape(3, 1, 1, 1)
         vent |= (v**2).sum(axis=0) < 1
     csf = (vent & brain) | ((r >= 1.0) & (r < 1.06))
     scalp = (r >= 1.08) & (r < 1.22)
@@ -224,12 +228,19 @@ def _anatomy(rng: np.random.Generator, geometry: VolumeGeometry) -> dict[str, np
     drop = np.exp(-(((rel[1] - 0.75) / 0.2) ** 2 + ((rel[2] + 0.55) / 0.25) ** 2))
     base *= 1 - 0.6 * drop
     base = ndimage.gaussian_filter(base, 0.5)  # partial volume
-    return {"tissue": tissue, "baseline": base.astype(np.float32), "brain": brain,
-            "rel": rel.astype(np.float32), "semi": semi, "centre": centre}
+    return {
+        "tissue": tissue,
+        "baseline": base.astype(np.float32),
+        "brain": brain,
+        "rel": rel.astype(np.float32),
+        "semi": semi,
+        "centre": centre,
+    }
 
 
-def _nearest(candidates: np.ndarray, rel: np.ndarray, points: list[np.ndarray], n: int,
-             weights: np.ndarray) -> np.ndarray:
+def _nearest(
+    candidates: np.ndarray, rel: np.ndarray, points: list[np.ndarray], n: int, weights: np.ndarray
+) -> np.ndarray:
     """Flat indices of the ``n`` candidate voxels nearest to any of ``points`` (split evenly)."""
     cand = np.flatnonzero(candidates.ravel())
     coords = rel.reshape(3, -1)[:, cand].T
@@ -333,7 +344,7 @@ class Subject:
         self._norm = {"mean": raw.mean(axis=0), "std": raw.std(axis=0) + 1e-6}
         z = self.neural_response(feats)
         bold = convolve_hrf(z, 1.0 / fps, HRF_DELAYS, self.hrf_group)
-        self._norm["bold_std"] = bold[int(8 * fps):].std(axis=0) + 1e-6
+        self._norm["bold_std"] = bold[int(8 * fps) :].std(axis=0) + 1e-6
 
 
 def _retinotopy(rng, rel, early, pole) -> np.ndarray:
@@ -395,8 +406,13 @@ def _category_weights(rng, rel, category) -> np.ndarray:
     return w
 
 
-def make_subject(index: int, seed: int = 0, config: BrainConfig = BrainConfig(),
-                 fps: float = 8.0, frame_size: tuple[int, int] = (64, 64)) -> Subject:
+def make_subject(
+    index: int,
+    seed: int = 0,
+    config: BrainConfig = BrainConfig(),
+    fps: float = 8.0,
+    frame_size: tuple[int, int] = (64, 64),
+) -> Subject:
     """Build subject ``index`` (0-based) of the world with this seed; deterministic.
 
     Parameters
@@ -441,15 +457,32 @@ def make_subject(index: int, seed: int = 0, config: BrainConfig = BrainConfig(),
         "g_by": rng.normal(0, 0.4, n_early),
     }
     weights = {k: v.astype(np.float32) for k, v in gains.items()}
-    weights.update(prf=_prf_matrix(prf, FEATURE_RES), mt_rf=mt_rf, mt_tuning=mt_tuning,
-                   category=_category_weights(rng, rel, category))
+    weights.update(
+        prf=_prf_matrix(prf, FEATURE_RES),
+        mt_rf=mt_rf,
+        mt_tuning=mt_tuning,
+        category=_category_weights(rng, rel, category),
+    )
     roi_gain = np.select([visual_roi == ROI["early_visual"], visual_roi == ROI["motion"]], [1.0, 0.8], 0.9)
-    amplitude = (config.signal_pct / 100 * roi_gain * np.exp(rng.normal(0, 0.35, visual.size))).astype(np.float32)
+    amplitude = (config.signal_pct / 100 * roi_gain * np.exp(rng.normal(0, 0.35, visual.size))).astype(
+        np.float32
+    )
     subject = Subject(
-        name=geometry.subject, index=index, seed=seed, geometry=geometry, tissue=anat["tissue"],
-        baseline=anat["baseline"], brain_mask=anat["brain"], roi=roi, visual_index=visual,
-        visual_roi=visual_roi, prf=prf, motion_pref=mt_pref, amplitude=amplitude,
-        hrf_group=rng.integers(0, len(HRF_DELAYS), visual.size), _weights=weights,
+        name=geometry.subject,
+        index=index,
+        seed=seed,
+        geometry=geometry,
+        tissue=anat["tissue"],
+        baseline=anat["baseline"],
+        brain_mask=anat["brain"],
+        roi=roi,
+        visual_index=visual,
+        visual_roi=visual_roi,
+        prf=prf,
+        motion_pref=mt_pref,
+        amplitude=amplitude,
+        hrf_group=rng.integers(0, len(HRF_DELAYS), visual.size),
+        _weights=weights,
     )
     subject._normalise(reference_features(config.reference_frames, tuple(frame_size), fps), fps)
     return subject

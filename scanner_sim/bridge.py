@@ -190,8 +190,9 @@ def unpack_mosaic(pixels: np.ndarray, n_slices: int) -> np.ndarray:
     rows, cols = pixels.shape
     grid = math.ceil(math.sqrt(n_slices))
     if rows % grid or cols % grid:
-        raise FileProblem("bad mosaic", f"a {rows}×{cols} mosaic cannot hold a {grid}×{grid} "
-                          f"grid of {n_slices} slices")
+        raise FileProblem(
+            "bad mosaic", f"a {rows}×{cols} mosaic cannot hold a {grid}×{grid} grid of {n_slices} slices"
+        )
     th, tw = rows // grid, cols // grid
     tiles = pixels.reshape(grid, th, grid, tw).transpose(0, 2, 1, 3).reshape(-1, th, tw)
     return np.ascontiguousarray(tiles[:n_slices].transpose(2, 1, 0))
@@ -245,9 +246,7 @@ def _pixels(ds: pydicom.Dataset, arr: np.ndarray) -> tuple[np.ndarray, bool]:
     return arr, fits or (info.min >= -32768 and info.max <= 32767)
 
 
-def _affine(
-    ds: pydicom.Dataset, ipp: np.ndarray | None, slice_vec: np.ndarray
-) -> np.ndarray | None:
+def _affine(ds: pydicom.Dataset, ipp: np.ndarray | None, slice_vec: np.ndarray) -> np.ndarray | None:
     """Voxel (x=col, y=row, z=slice) → RAS affine; None without orientation/position."""
     orient = _orientation(ds)
     if orient is None or ipp is None or ipp.size != 3:
@@ -318,8 +317,7 @@ def _whole_volume_key(ds: pydicom.Dataset) -> tuple[int, int]:
     return _series_number(ds), number
 
 
-def _mosaic_volume(ds: pydicom.Dataset, arr: np.ndarray, path: str,
-                   slices: int | None) -> _Volume:
+def _mosaic_volume(ds: pydicom.Dataset, arr: np.ndarray, path: str, slices: int | None) -> _Volume:
     n = mosaic_slice_count(ds, slices)
     data, int_ok = _pixels(ds, arr)
     volume = unpack_mosaic(data, n)
@@ -344,8 +342,15 @@ def _mosaic_volume(ds: pydicom.Dataset, arr: np.ndarray, path: str,
         nx, ny = volume.shape[:2]
         ipp = ipp + orient[0] * col_sp * (cols - nx) / 2 + orient[1] * row_sp * (rows - ny) / 2
     slice_vec = normal * spacing if normal is not None else np.array([0.0, 0.0, spacing])
-    return _Volume(_whole_volume_key(ds), volume, (col_sp, row_sp, spacing),
-                   _affine(ds, ipp, slice_vec), _tr_seconds(ds), int_ok, [path])
+    return _Volume(
+        _whole_volume_key(ds),
+        volume,
+        (col_sp, row_sp, spacing),
+        _affine(ds, ipp, slice_vec),
+        _tr_seconds(ds),
+        int_ok,
+        [path],
+    )
 
 
 def _frame_positions(ds: pydicom.Dataset, n_frames: int) -> list[np.ndarray] | None:
@@ -389,17 +394,21 @@ def _multiframe_volume(ds: pydicom.Dataset, arr: np.ndarray, path: str) -> _Volu
     images = [data[i] for i in order]
     pos = [positions[i] for i in order] if positions is not None else [None] * len(order)
     volume, voxel_size, affine = _stack_volume(ds, images, pos)
-    return _Volume(_whole_volume_key(ds), volume, voxel_size, affine, _tr_seconds(ds), int_ok,
-                   [path])
+    return _Volume(_whole_volume_key(ds), volume, voxel_size, affine, _tr_seconds(ds), int_ok, [path])
 
 
 def _group_volume(group: _Group) -> _Volume:
     slices = sorted(group.slices, key=lambda s: s.position)
-    volume, voxel_size, affine = _stack_volume(
-        group.ds, [s.pixels for s in slices], [s.ipp for s in slices]
+    volume, voxel_size, affine = _stack_volume(group.ds, [s.pixels for s in slices], [s.ipp for s in slices])
+    return _Volume(
+        group.key,
+        volume,
+        voxel_size,
+        affine,
+        _tr_seconds(group.ds),
+        all(s.int_ok for s in slices),
+        [s.path for s in slices],
     )
-    return _Volume(group.key, volume, voxel_size, affine, _tr_seconds(group.ds),
-                   all(s.int_ok for s in slices), [s.path for s in slices])
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,8 +555,9 @@ class DicomBridge:
         """
         pushed = self._emit(time.monotonic(), flush=True, limit=limit)
         for gkey, group in list(self._groups.items()):
-            self._drop_group(gkey, group, "incomplete",
-                             f"volume {group.key} has {len(group.slices)} slices at the end")
+            self._drop_group(
+                gkey, group, "incomplete", f"volume {group.key} has {len(group.slices)} slices at the end"
+            )
         return pushed
 
     def run(
@@ -575,8 +585,9 @@ class DicomBridge:
         stop = stop_event or threading.Event()
         start = self.volumes_sent
         self.last_activity = time.monotonic()
-        log.info("watching %s (poll %.3g s), stream %r/%r", self.folder, self.poll_s,
-                 self.name, self.source_id)
+        log.info(
+            "watching %s (poll %.3g s), stream %r/%r", self.folder, self.poll_s, self.name, self.source_id
+        )
         while not stop.is_set():
             self.poll_once()
             if max_volumes is not None and self.volumes_sent - start >= max_volumes:
@@ -612,9 +623,12 @@ class DicomBridge:
                 self._missing_warned = True
             return []
         names = sorted(
-            e.path for e in entries
-            if not e.name.startswith(".") and not e.name.endswith(_TEMP_SUFFIXES)
-            and e.path not in self._done and e.is_file()
+            e.path
+            for e in entries
+            if not e.name.startswith(".")
+            and not e.name.endswith(_TEMP_SUFFIXES)
+            and e.path not in self._done
+            and e.is_file()
         )
         return names
 
@@ -679,9 +693,12 @@ class DicomBridge:
         instance = _int_or_none(ds.get("InstanceNumber"))
         if instance is not None and self.slices:
             return (instance - 1) // self.slices + 1
-        raise FileProblem("no volume number", "single-slice file without "
-                          "TemporalPositionIdentifier or AcquisitionNumber (pass slices= to "
-                          "group by InstanceNumber)")
+        raise FileProblem(
+            "no volume number",
+            "single-slice file without "
+            "TemporalPositionIdentifier or AcquisitionNumber (pass slices= to "
+            "group by InstanceNumber)",
+        )
 
     def _add_slice(self, path: str, ds: pydicom.Dataset, arr: np.ndarray) -> None:
         number = self._volume_number(ds)
@@ -692,8 +709,9 @@ class DicomBridge:
         if group is None:
             group = self._groups[gkey] = _Group((_series_number(ds), number), ds)
         if group.slices and arr.shape != group.slices[0].pixels.shape:
-            raise FileProblem("mismatch", f"slice {arr.shape} in a volume of "
-                              f"{group.slices[0].pixels.shape} slices")
+            raise FileProblem(
+                "mismatch", f"slice {arr.shape} in a volume of {group.slices[0].pixels.shape} slices"
+            )
         ipp = _floats(ds.get("ImagePositionPatient"))
         normal = _normal(ds)
         if ipp is not None and normal is not None and ipp.size == 3:
@@ -702,8 +720,7 @@ class DicomBridge:
             ipp = None
             position = float(_int_or_none(ds.get("InstanceNumber")) or len(group.slices))
         if any(abs(s.position - position) < 1e-4 for s in group.slices):
-            raise FileProblem("duplicate", f"second slice at position {position:g} in volume "
-                              f"{number}")
+            raise FileProblem("duplicate", f"second slice at position {position:g} in volume {number}")
         pixels, int_ok = _pixels(ds, arr)
         group.slices.append(_Slice(position, pixels, ipp, int_ok, path))
         group.touched = self._poll_count
@@ -716,8 +733,7 @@ class DicomBridge:
         if self._expected_slices() or len(self._groups) < 2:
             return
         first = min(self._groups.values(), key=lambda g: g.key)
-        later = any(g.key[0] == first.key[0] and g.key[1] > first.key[1]
-                    for g in self._groups.values())
+        later = any(g.key[0] == first.key[0] and g.key[1] > first.key[1] for g in self._groups.values())
         if later and first.touched < self._poll_count:
             self._learned_slices = len(first.slices)
             log.info("learned %d slices per volume from volume %s", len(first.slices), first.key)
@@ -732,9 +748,12 @@ class DicomBridge:
                 self._finished_groups.add(gkey)
                 self._add_ready(_group_volume(group), now)
             elif len(group.slices) > n:
-                self._drop_group(gkey, group, "mismatch",
-                                 f"volume {group.key} has {len(group.slices)} slices, "
-                                 f"expected {n}")
+                self._drop_group(
+                    gkey,
+                    group,
+                    "mismatch",
+                    f"volume {group.key} has {len(group.slices)} slices, expected {n}",
+                )
 
     def _drop_group(self, gkey: tuple[str, int], group: _Group, kind: str, detail: str) -> None:
         del self._groups[gkey]
@@ -761,8 +780,7 @@ class DicomBridge:
                 del self._ready[key]
                 self.files_skipped += len(volume.files)
                 kind = "duplicate" if key == self._last_key else "late"
-                self._report(kind, f"volume {key} arrived after volume {self._last_key} "
-                             "was sent; dropped")
+                self._report(kind, f"volume {key} arrived after volume {self._last_key} was sent; dropped")
                 continue
             waited = now - volume.ready_at >= self.reorder_timeout_s
             if not (flush or waited or self._is_next(key)):
@@ -779,11 +797,13 @@ class DicomBridge:
         if self._last_key is None:
             log.info("starting at volume %s (series, number)", key)
         elif key[0] == self._last_key[0]:
-            self._report("gap", f"series {key[0]}: volumes {self._last_key[1] + 1}..{key[1] - 1}"
-                         " missing")
+            self._report("gap", f"series {key[0]}: volumes {self._last_key[1] + 1}..{key[1] - 1} missing")
         else:
-            self._report("gap", f"series {key[0]} starts at volume {key[1]} after series "
-                         f"{self._last_key[0]} volume {self._last_key[1]}")
+            self._report(
+                "gap",
+                f"series {key[0]} starts at volume {key[1]} after series "
+                f"{self._last_key[0]} volume {self._last_key[1]}",
+            )
 
     def _next_index(self, key: tuple[int, int]) -> int:
         last = self._last_key
@@ -800,9 +820,12 @@ class DicomBridge:
         self._last_key, self._last_index = volume.key, index
         if not self._matches(volume):
             self.files_skipped += len(volume.files)
-            self._report("mismatch", f"volume {volume.key}: {volume.data.shape} voxels of "
-                         f"{volume.voxel_size} mm, stream has {self.geometry.dims} of "
-                         f"{self.geometry.voxel_size} mm; skipped")
+            self._report(
+                "mismatch",
+                f"volume {volume.key}: {volume.data.shape} voxels of "
+                f"{volume.voxel_size} mm, stream has {self.geometry.dims} of "
+                f"{self.geometry.voxel_size} mm; skipped",
+            )
             return None
         data = self._cast(volume)
         stamp = local_clock()
@@ -814,8 +837,9 @@ class DicomBridge:
         return index
 
     def _matches(self, volume: _Volume) -> bool:
-        return (tuple(volume.data.shape) == self.geometry.dims
-                and np.allclose(volume.voxel_size, self.geometry.voxel_size, rtol=1e-3))
+        return tuple(volume.data.shape) == self.geometry.dims and np.allclose(
+            volume.voxel_size, self.geometry.voxel_size, rtol=1e-3
+        )
 
     def _cast(self, volume: _Volume) -> np.ndarray:
         dtype = self._outlet.dtype
@@ -832,17 +856,29 @@ class DicomBridge:
         if tr is None:
             raise ValueError(f"volume {volume.key} has no RepetitionTime: pass tr= (seconds)")
         self.geometry = VolumeGeometry(
-            dims=volume.data.shape, voxel_size=volume.voxel_size, tr=tr,
+            dims=volume.data.shape,
+            voxel_size=volume.voxel_size,
+            tr=tr,
             affine=None if volume.affine is None else tuple(volume.affine.ravel()),
-            subject=self.subject, session=self.session,
+            subject=self.subject,
+            session=self.session,
         )
         dtype = np.int16 if volume.int_ok else np.float32
-        self._outlet = VolumeOutlet(self.geometry, name=self.name, source_id=self.source_id,
-                                    dtype=dtype, extra={"source": "dicom_bridge",
-                                                        "folder": self.folder})
-        log.info("stream %r/%r: %s voxels of %s mm, TR %.3f s, %s", self.name, self.source_id,
-                 self.geometry.dims, self.geometry.voxel_size, tr, np.dtype(dtype).name)
-        if self.wait_for_consumer > 0 and not self._outlet.wait_for_consumers(
-            self.wait_for_consumer
-        ):
+        self._outlet = VolumeOutlet(
+            self.geometry,
+            name=self.name,
+            source_id=self.source_id,
+            dtype=dtype,
+            extra={"source": "dicom_bridge", "folder": self.folder},
+        )
+        log.info(
+            "stream %r/%r: %s voxels of %s mm, TR %.3f s, %s",
+            self.name,
+            self.source_id,
+            self.geometry.dims,
+            self.geometry.voxel_size,
+            tr,
+            np.dtype(dtype).name,
+        )
+        if self.wait_for_consumer > 0 and not self._outlet.wait_for_consumers(self.wait_for_consumer):
             log.warning("no inlet connected within %g s; pushing anyway", self.wait_for_consumer)

@@ -22,9 +22,21 @@ __all__ = ["TARGETS", "CalibrationResult", "calibrate_subject", "format_table"]
 
 # (low, high, source): ranges as reported for 3 T BOLD EPI at ~3 mm and TR ~2 s.
 TARGETS: dict[str, tuple[float, float, str]] = {
-    "tsnr": (40.0, 120.0, "Triantafyllou et al. 2005, NeuroImage 26:243; Murphy et al. 2007, NeuroImage 34:565"),
-    "reliability": (0.15, 0.60, "Hasson et al. 2004, Science 303:1634; Wen et al. 2018, Cereb Cortex 28:4136 (cc2017)"),
-    "ar1": (0.10, 0.50, "Purdon & Weisskoff 1998, Hum Brain Mapp 6:239; Woolrich et al. 2001, NeuroImage 14:1370"),
+    "tsnr": (
+        40.0,
+        120.0,
+        "Triantafyllou et al. 2005, NeuroImage 26:243; Murphy et al. 2007, NeuroImage 34:565",
+    ),
+    "reliability": (
+        0.15,
+        0.60,
+        "Hasson et al. 2004, Science 303:1634; Wen et al. 2018, Cereb Cortex 28:4136 (cc2017)",
+    ),
+    "ar1": (
+        0.10,
+        0.50,
+        "Purdon & Weisskoff 1998, Hum Brain Mapp 6:239; Woolrich et al. 2001, NeuroImage 14:1370",
+    ),
     "fd": (0.05, 0.30, "Power et al. 2012, NeuroImage 59:2142; Power et al. 2014, NeuroImage 84:320"),
 }
 LABELS = {
@@ -72,9 +84,14 @@ def _rowwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).mean(0)
 
 
-def calibrate_subject(index: int, seed: int = 0, n_tr: int = 240,
-                      brain: BrainConfig = BrainConfig(), scanner: ScannerConfig = ScannerConfig(),
-                      stim: stimuli.StimulusConfig = stimuli.StimulusConfig()) -> CalibrationResult:
+def calibrate_subject(
+    index: int,
+    seed: int = 0,
+    n_tr: int = 240,
+    brain: BrainConfig = BrainConfig(),
+    scanner: ScannerConfig = ScannerConfig(),
+    stim: stimuli.StimulusConfig = stimuli.StimulusConfig(),
+) -> CalibrationResult:
     """Measure the calibration statistics of subject ``index``.
 
     Parameters
@@ -85,7 +102,7 @@ def calibrate_subject(index: int, seed: int = 0, n_tr: int = 240,
         Length of the calibration movie in TRs (shown twice).
     """
     subject = make_subject(index, seed, brain, stim.fps, stim.size)
-    frames_per_tr = int(round(scanner.tr * stim.fps))
+    frames_per_tr = round(scanner.tr * stim.fps)
     movie = stimuli.generate_movie(n_tr * frames_per_tr, seed=seed * 7919 + 17, config=stim)
     bold = subject.bold(stimulus_features(movie), stim.fps, scanner.tr, n_tr)
     base = np.random.SeedSequence([seed, 5000 + index])
@@ -105,8 +122,9 @@ def calibrate_subject(index: int, seed: int = 0, n_tr: int = 240,
     ar1 = _rowwise_corr(noise[1:], noise[:-1])
     motion = simulate_motion(np.random.default_rng(motion_seed), n_tr, scanner.tr, scanner.motion)
     fd = framewise_displacement(motion)[1:]
-    return CalibrationResult(subject.name, float(np.median(tsnr)), float(np.median(rel)),
-                             float(np.median(ar1)), float(fd.mean()))
+    return CalibrationResult(
+        subject.name, float(np.median(tsnr)), float(np.median(rel)), float(np.median(ar1)), float(fd.mean())
+    )
 
 
 def format_table(results: list[CalibrationResult]) -> str:

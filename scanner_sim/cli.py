@@ -72,8 +72,15 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from scanner_sim.replay import replay_nifti
 
-    n = replay_nifti(args.file, speed=args.speed, name=args.name, source_id=args.source_id,
-                     tr=args.tr, loop=args.loop, wait_for_consumer=args.wait)
+    n = replay_nifti(
+        args.file,
+        speed=args.speed,
+        name=args.name,
+        source_id=args.source_id,
+        tr=args.tr,
+        loop=args.loop,
+        wait_for_consumer=args.wait,
+    )
     print(f"sent {n} volumes", file=sys.stderr)
     return 0
 
@@ -81,8 +88,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_bridge(args: argparse.Namespace) -> int:
     from scanner_sim.bridge import DicomBridge
 
-    bridge = DicomBridge(args.watch, name=args.name, source_id=args.source_id, slices=args.slices,
-                         tr=args.tr, poll_s=args.poll)
+    bridge = DicomBridge(
+        args.watch, name=args.name, source_id=args.source_id, slices=args.slices, tr=args.tr, poll_s=args.poll
+    )
     try:
         bridge.run(idle_timeout=args.idle_timeout)
     except KeyboardInterrupt:
@@ -96,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     from scanner_sim.dataset import DatasetConfig
     from scanner_sim.stream import StreamConfig
 
-    parser = argparse.ArgumentParser(prog="scanner-sim", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scanner-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -139,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``scanner-sim``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, OSError) as exc:

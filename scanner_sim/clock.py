@@ -28,8 +28,9 @@ class Pacer:
         Seconds before each deadline at which to stop sleeping and spin.
     """
 
-    def __init__(self, period: float, speed: float = 1.0, start: float | None = None,
-                 spin: float = 0.003) -> None:
+    def __init__(
+        self, period: float, speed: float = 1.0, start: float | None = None, spin: float = 0.003
+    ) -> None:
         if period <= 0 or speed <= 0:
             raise ValueError("period and speed must be positive")
         self.interval = period / speed

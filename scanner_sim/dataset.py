@@ -70,7 +70,7 @@ class DatasetConfig:
     @property
     def frames_per_tr(self) -> int:
         """Stimulus frames per TR."""
-        return int(round(self.scanner.tr * self.stimulus.fps))
+        return round(self.scanner.tr * self.stimulus.fps)
 
     @property
     def n_segments(self) -> int:
@@ -81,8 +81,7 @@ class DatasetConfig:
 PRESETS: dict[str, dict] = {
     "cc2017": {},
     "small": {"train_segments": 8, "test_segments": 2, "test_repeats": 4},
-    "tiny": {"subjects": 2, "train_segments": 2, "test_segments": 1, "segment_trs": 40,
-             "test_repeats": 3},
+    "tiny": {"subjects": 2, "train_segments": 2, "test_segments": 1, "segment_trs": 40, "test_repeats": 3},
 }
 
 
@@ -178,9 +177,15 @@ def _movie_task(args) -> tuple[int, stimuli.Movie]:
 def _movie_from_h5(f: h5py.File, start: int, n: int) -> stimuli.Movie:
     sl = slice(start, start + n)
     return stimuli.Movie(
-        frames=f["frames"][sl], concepts=f["concepts"][sl], mask=f["mask"][sl],
-        key_concept=f["key_concept"][sl], colour=f["colour"][sl], background=f["background"][sl],
-        motion=f["motion"][sl], scene=f["scene"][sl], caption_id=f["caption_id"][sl],
+        frames=f["frames"][sl],
+        concepts=f["concepts"][sl],
+        mask=f["mask"][sl],
+        key_concept=f["key_concept"][sl],
+        colour=f["colour"][sl],
+        background=f["background"][sl],
+        motion=f["motion"][sl],
+        scene=f["scene"][sl],
+        caption_id=f["caption_id"][sl],
         captions=[c.decode() if isinstance(c, bytes) else c for c in f["captions"][()]],
     )
 
@@ -210,8 +215,13 @@ def _write_stimuli(cfg: DatasetConfig, root: Path) -> None:
         f.create_dataset("frames", (total, h, w, 3), np.uint8, chunks=(chunk, h, w, 3))
         f.create_dataset("mask", (total, h, w), bool, chunks=(chunk, h, w), compression="lzf")
         f.create_dataset("concepts", (total, n_c), bool, chunks=(chunk * 64, n_c))
-        for name, dt in (("key_concept", np.int16), ("colour", np.int16), ("background", np.int16),
-                         ("scene", np.int32), ("caption_id", np.int32)):
+        for name, dt in (
+            ("key_concept", np.int16),
+            ("colour", np.int16),
+            ("background", np.int16),
+            ("scene", np.int32),
+            ("caption_id", np.int32),
+        ):
             f.create_dataset(name, (total,), dt)
         f.create_dataset("motion", (total, 6), np.float32)
         f["segment_start"] = np.arange(cfg.n_segments) * n_seg_frames
@@ -220,8 +230,16 @@ def _write_stimuli(cfg: DatasetConfig, root: Path) -> None:
             bar = tqdm(pool.imap(_movie_task, tasks), total=len(tasks), desc="stimuli", unit="segment")
             for seg, movie in bar:
                 sl = slice(seg * n_seg_frames, (seg + 1) * n_seg_frames)
-                for name in ("frames", "mask", "concepts", "key_concept", "colour", "background",
-                             "scene", "motion"):
+                for name in (
+                    "frames",
+                    "mask",
+                    "concepts",
+                    "key_concept",
+                    "colour",
+                    "background",
+                    "scene",
+                    "motion",
+                ):
                     f[name][sl] = getattr(movie, name)
                 ids = np.array([captions.setdefault(c, len(captions)) for c in movie.captions])
                 f["caption_id"][sl] = ids[movie.caption_id]
@@ -246,15 +264,26 @@ def _open_subject_file(cfg: DatasetConfig, root: Path, index: int) -> h5py.File:
     subject = _subject(cfg, index)
     f = h5py.File(path, "w")
     dims = cfg.brain.dims
-    f.create_dataset("volumes", (len(runs), cfg.segment_trs, *dims), np.dtype(cfg.dtype),
-                     chunks=(1, 1, *dims))
+    f.create_dataset(
+        "volumes", (len(runs), cfg.segment_trs, *dims), np.dtype(cfg.dtype), chunks=(1, 1, *dims)
+    )
     f.create_dataset("motion", (len(runs), cfg.segment_trs, 6), np.float32)
     f.create_dataset("fd", (len(runs), cfg.segment_trs), np.float32)
     f.create_dataset("spikes", (len(runs), cfg.segment_trs), np.int16)
     f.create_dataset("bold_clean", (cfg.n_segments, cfg.segment_trs, subject.n_visual), np.float32)
     f.create_dataset("run_done", (len(runs),), bool)
-    for name in ("roi", "brain_mask", "baseline", "tissue", "visual_index", "visual_roi", "prf",
-                 "motion_pref", "amplitude", "hrf_group"):
+    for name in (
+        "roi",
+        "brain_mask",
+        "baseline",
+        "tissue",
+        "visual_index",
+        "visual_roi",
+        "prf",
+        "motion_pref",
+        "amplitude",
+        "hrf_group",
+    ):
         f[name] = getattr(subject, name)
     f.attrs["fingerprint"] = fingerprint(cfg)
     f.attrs["geometry"] = json.dumps(subject.geometry.to_dict())
@@ -290,20 +319,33 @@ def generate(cfg: DatasetConfig, out: Path, progress: bool = True) -> Path:
         if old.get("fingerprint") != fingerprint(cfg):
             raise FileExistsError(f"{out} holds a different dataset; choose another directory or delete it")
     runs = plan_runs(cfg)
-    manifest.write_text(json.dumps({
-        "format": FORMAT_VERSION, "fingerprint": fingerprint(cfg), "config": config_to_dict(cfg),
-        "subjects": [f"sub-{i + 1:02d}" for i in range(cfg.subjects)],
-        "runs": [vars(r) for r in runs], "complete": False,
-    }, indent=1))
+    manifest.write_text(
+        json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "fingerprint": fingerprint(cfg),
+                "config": config_to_dict(cfg),
+                "subjects": [f"sub-{i + 1:02d}" for i in range(cfg.subjects)],
+                "runs": [vars(r) for r in runs],
+                "complete": False,
+            },
+            indent=1,
+        )
+    )
     _write_stimuli(cfg, out)
     files = {i: _open_subject_file(cfg, out, i) for i in range(cfg.subjects)}
     try:
-        tasks = [(cfg, str(out), s, r.index) for s in range(cfg.subjects) for r in runs
-                 if not files[s]["run_done"][r.index]]
+        tasks = [
+            (cfg, str(out), s, r.index)
+            for s in range(cfg.subjects)
+            for r in runs
+            if not files[s]["run_done"][r.index]
+        ]
         with _pool(cfg.workers) as pool:
             it = pool.imap(_acquire_task, tasks)
-            for s, r, vols, motion, fd, spikes, bold in tqdm(it, total=len(tasks), desc="runs",
-                                                              unit="run", disable=not progress):
+            for s, r, vols, motion, fd, spikes, bold in tqdm(
+                it, total=len(tasks), desc="runs", unit="run", disable=not progress
+            ):
                 f = files[s]
                 f["volumes"][r] = vols
                 f["motion"][r], f["fd"][r], f["spikes"][r] = motion, fd, spikes
@@ -341,13 +383,18 @@ class Dataset:
         self.root = Path(root)
         path = self.root / "dataset.json"
         if not path.exists():
-            raise FileNotFoundError(f"{self.root} is not a dataset (no dataset.json); "
-                                    "make one with `scanner-sim generate`")
+            raise FileNotFoundError(
+                f"{self.root} is not a dataset (no dataset.json); make one with `scanner-sim generate`"
+            )
         self.manifest = json.loads(path.read_text())
         if self.manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{self.root}: dataset format {self.manifest.get('format')} is not {FORMAT_VERSION}")
+            raise ValueError(
+                f"{self.root}: dataset format {self.manifest.get('format')} is not {FORMAT_VERSION}"
+            )
         if not self.manifest.get("complete"):
-            raise ValueError(f"{self.root}: generation did not finish; run `scanner-sim generate` again to resume")
+            raise ValueError(
+                f"{self.root}: generation did not finish; run `scanner-sim generate` again to resume"
+            )
         cfg = self.manifest["config"]
         self.config = update(DatasetConfig(), cfg)
         self.subjects: list[str] = self.manifest["subjects"]
@@ -404,4 +451,4 @@ class Dataset:
         """(T*F, H, W, 3) frames of one segment."""
         n = self.config.segment_trs * self.config.frames_per_tr
         start = int(self._stim["segment_start"][segment])
-        return self._stim["frames"][start:start + n]
+        return self._stim["frames"][start : start + n]

@@ -93,7 +93,7 @@ class FaultPlan:
             trs = parse_tr_spec(getattr(cfg, kind), n_tr, rng, taken)
             self.at[kind] = set(trs)
             taken |= set(trs)
-        self._log_fh = open(cfg.log_file, "a") if cfg.log_file else None  # noqa: SIM115
+        self._log_fh = open(cfg.log_file, "a") if cfg.log_file else None
         self.injected: list[tuple[str, int]] = []
 
     def has(self, kind: str, tr: int) -> bool:
@@ -115,7 +115,7 @@ class FaultPlan:
                 raise ValueError("NaN corruption needs a float32 stream (use --dtype float32)")
             volume = volume.copy()
             x0 = volume.shape[0] // 3
-            volume[x0:x0 + 8, :, volume.shape[2] // 2] = np.nan
+            volume[x0 : x0 + 8, :, volume.shape[2] // 2] = np.nan
             self.record("nan", tr, voxels=int(8 * volume.shape[1]))
         if self.has("wrong_shape", tr):
             volume = volume.copy()

@@ -32,8 +32,9 @@ def double_gamma(t: np.ndarray, delay: float = 0.0, undershoot_ratio: float = 1 
     return h / peak
 
 
-def double_gamma_grid(delay: float = 0.0, undershoot_ratio: float = 1 / 6, dt: float = 0.01,
-                      length: float = 32.0) -> np.ndarray:
+def double_gamma_grid(
+    delay: float = 0.0, undershoot_ratio: float = 1 / 6, dt: float = 0.01, length: float = 32.0
+) -> np.ndarray:
     """The (unnormalised) HRF on a fine grid, used to normalise the peak."""
     t = np.arange(0, length, dt)
     return stats.gamma.pdf(t, 6.0 + delay) - undershoot_ratio * stats.gamma.pdf(t, 16.0 + delay)
@@ -44,8 +45,13 @@ def hrf_peak_time(delay: float = 0.0, dt: float = 0.01) -> float:
     return float(np.argmax(double_gamma_grid(delay, dt=dt)) * dt)
 
 
-def convolve_hrf(signal: np.ndarray, dt: float, delays: np.ndarray | None = None,
-                 groups: np.ndarray | None = None, length: float = 32.0) -> np.ndarray:
+def convolve_hrf(
+    signal: np.ndarray,
+    dt: float,
+    delays: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    length: float = 32.0,
+) -> np.ndarray:
     """Convolve time series (time on axis 0) with the HRF, causally.
 
     Parameters

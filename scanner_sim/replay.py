@@ -40,9 +40,7 @@ _TIME_SCALE = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 _SPACE_SCALE = {"mm": 1.0, "meter": 1000.0, "micron": 1e-3, "unknown": 1.0}
 
 
-def load_nifti(
-    path: str | os.PathLike, tr: float | None = None
-) -> tuple[np.ndarray, VolumeGeometry]:
+def load_nifti(path: str | os.PathLike, tr: float | None = None) -> tuple[np.ndarray, VolumeGeometry]:
     """Read a 4-D NIfTI (``.nii``, ``.nii.gz``) or CIFTI-2 dense time series.
 
     Parameters
@@ -87,8 +85,7 @@ def _load_volume_series(img, path, tr: float | None) -> tuple[np.ndarray, Volume
     voxel_size = _voxel_size(np.asarray(zooms[:3], dtype=float) * scale, affine)
     data = _read_array(img).reshape(shape)
     data = np.ascontiguousarray(np.moveaxis(data, 3, 0))
-    geometry = VolumeGeometry(dims=shape[:3], voxel_size=voxel_size, tr=tr_s,
-                              affine=tuple(affine.ravel()))
+    geometry = VolumeGeometry(dims=shape[:3], voxel_size=voxel_size, tr=tr_s, affine=tuple(affine.ravel()))
     return data, geometry
 
 
@@ -96,8 +93,10 @@ def _load_cifti(img, path, tr: float | None) -> tuple[np.ndarray, VolumeGeometry
     axes = [img.header.get_axis(i) for i in range(img.ndim)]
     series = [i for i, ax in enumerate(axes) if isinstance(ax, nib.cifti2.SeriesAxis)]
     if img.ndim != 2 or len(series) != 1:
-        raise ValueError(f"{path}: expected a CIFTI-2 dense time series (one series axis and "
-                         f"one brain-model axis), got axes {[type(a).__name__ for a in axes]}")
+        raise ValueError(
+            f"{path}: expected a CIFTI-2 dense time series (one series axis and "
+            f"one brain-model axis), got axes {[type(a).__name__ for a in axes]}"
+        )
     axis = axes[series[0]]
     unit = "sec" if str(axis.unit).upper() == "SECOND" else str(axis.unit)
     tr_s = _resolve_tr(float(axis.step), unit, tr, path)
@@ -117,11 +116,13 @@ def _resolve_tr(step: float, unit: str, tr: float | None, path) -> float:
             raise ValueError(f"tr must be positive, got {tr}")
         return float(tr)
     if unit not in _TIME_SCALE and unit != "unknown":
-        raise ValueError(f"{path}: the time axis is in {unit!r}, not a time unit; "
-                         "pass tr= (seconds) to replay it")
+        raise ValueError(
+            f"{path}: the time axis is in {unit!r}, not a time unit; pass tr= (seconds) to replay it"
+        )
     if not np.isfinite(step) or step <= 0:
-        raise ValueError(f"{path}: the header has no repetition time (time step {step}); "
-                         "pass tr= (seconds) to replay it")
+        raise ValueError(
+            f"{path}: the header has no repetition time (time step {step}); pass tr= (seconds) to replay it"
+        )
     if unit == "unknown":
         log.info("%s: time unit not set in the header; taking TR %g as seconds", path, step)
     return step * _TIME_SCALE.get(unit, 1.0)
@@ -189,10 +190,24 @@ def replay_nifti(
         raise ValueError(f"speed must be positive, got {speed}")
     data, geometry = load_nifti(path, tr=tr)
     sid = source_id or f"{name}:{os.path.basename(os.fspath(path))}"
-    outlet = VolumeOutlet(geometry, name=name, source_id=sid, dtype=data.dtype,
-                          extra={"source": "nifti_replay", "file": os.fspath(path)})
-    log.info("replaying %s: %d volumes of %s (%s), TR %.3f s, speed %gx, stream %r/%r",
-             path, data.shape[0], geometry.dims, data.dtype, geometry.tr, speed, name, sid)
+    outlet = VolumeOutlet(
+        geometry,
+        name=name,
+        source_id=sid,
+        dtype=data.dtype,
+        extra={"source": "nifti_replay", "file": os.fspath(path)},
+    )
+    log.info(
+        "replaying %s: %d volumes of %s (%s), TR %.3f s, speed %gx, stream %r/%r",
+        path,
+        data.shape[0],
+        geometry.dims,
+        data.dtype,
+        geometry.tr,
+        speed,
+        name,
+        sid,
+    )
     try:
         if not _wait_for_consumer(outlet, wait_for_consumer, stop_event):
             log.warning("no inlet connected within %g s; starting anyway", wait_for_consumer)
@@ -205,9 +220,14 @@ def replay_nifti(
     return sent
 
 
-def _stream(outlet: VolumeOutlet, data: np.ndarray, pacer: Pacer, loop: bool,
-            stop_event: threading.Event | None,
-            on_volume: Callable[[int, float], None] | None) -> int:
+def _stream(
+    outlet: VolumeOutlet,
+    data: np.ndarray,
+    pacer: Pacer,
+    loop: bool,
+    stop_event: threading.Event | None,
+    on_volume: Callable[[int, float], None] | None,
+) -> int:
     """Push the volumes on the pacer's schedule; return how many were sent."""
     k = 0
     while True:
@@ -238,8 +258,7 @@ def _wait_due(pacer: Pacer, k: int, stop_event: threading.Event | None) -> bool:
     return True
 
 
-def _wait_for_consumer(outlet: VolumeOutlet, timeout: float,
-                       stop_event: threading.Event | None) -> bool:
+def _wait_for_consumer(outlet: VolumeOutlet, timeout: float, stop_event: threading.Event | None) -> bool:
     """Wait up to ``timeout`` s for an inlet, in short slices so ``stop_event`` is honoured."""
     end = local_clock() + timeout
     while True:

@@ -25,8 +25,12 @@ __all__ = ["MotionConfig", "NoiseConfig", "Run", "ScannerConfig", "acquire", "si
 class NoiseConfig:
     """Noise levels (defaults calibrated, see ``scanner-sim calibrate``)."""
 
-    thermal: float = field(default=9.0, metadata={"help": "thermal noise SD (image units; grey matter ~1000)"})
-    physio_pct: float = field(default=1.0, metadata={"help": "physiological noise SD, % of baseline (grey matter)"})
+    thermal: float = field(
+        default=9.0, metadata={"help": "thermal noise SD (image units; grey matter ~1000)"}
+    )
+    physio_pct: float = field(
+        default=1.0, metadata={"help": "physiological noise SD, % of baseline (grey matter)"}
+    )
     physio_ar: tuple[float, float] = (0.45, 0.75)
     global_fraction: float = 0.35
     drift_pct: float = 0.6
@@ -130,12 +134,15 @@ class _VoxelNoise:
         self.g_state = self.g_rho * self.g_state + np.sqrt(1 - self.g_rho**2) * self.rng.standard_normal()
         physio = self.sd * (np.sqrt(1 - self.gf) * self.state + np.sqrt(self.gf) * self.g_state)
         time = t * self.tr
-        drift = (self.drift_amp * np.sin(2 * np.pi * time / self.drift_period[:, None] + self.drift_phase)).sum(0)
+        drift = (
+            self.drift_amp * np.sin(2 * np.pi * time / self.drift_period[:, None] + self.drift_phase)
+        ).sum(0)
         return physio + drift
 
 
-def voxel_series(subject: Subject, bold: np.ndarray, rng: np.random.Generator,
-                 cfg: ScannerConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def voxel_series(
+    subject: Subject, bold: np.ndarray, rng: np.random.Generator, cfg: ScannerConfig
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (head voxel indices, intensities) per TR before motion and thermal noise.
 
     This is the time series a perfect motion correction would recover; calibration reads it.
@@ -149,8 +156,13 @@ def voxel_series(subject: Subject, bold: np.ndarray, rng: np.random.Generator,
         yield noise.index, s0 * (1 + rel)
 
 
-def acquire(subject: Subject, bold: np.ndarray, seed_seq: np.random.SeedSequence,
-            cfg: ScannerConfig = ScannerConfig(), dtype: type = np.int16) -> Run:
+def acquire(
+    subject: Subject,
+    bold: np.ndarray,
+    seed_seq: np.random.SeedSequence,
+    cfg: ScannerConfig = ScannerConfig(),
+    dtype: type = np.int16,
+) -> Run:
     """Simulate one run: ground-truth motion now, volumes lazily.
 
     Parameters
@@ -190,8 +202,14 @@ def acquire(subject: Subject, bold: np.ndarray, seed_seq: np.random.SeedSequence
     return Run(motion=motion, fd=framewise_displacement(motion), spikes=spikes, volumes=volumes())
 
 
-def _finish(img: np.ndarray, rng: np.random.Generator, thermal: float, spike_slice: int,
-            spike_gain: float, dtype: type) -> np.ndarray:
+def _finish(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    thermal: float,
+    spike_slice: int,
+    spike_gain: float,
+    dtype: type,
+) -> np.ndarray:
     """Add complex thermal noise (magnitude image), a spike, and quantise."""
     re = img + rng.standard_normal(img.shape, dtype=np.float32) * thermal
     im = rng.standard_normal(img.shape, dtype=np.float32) * thermal

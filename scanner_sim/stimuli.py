@@ -61,8 +61,22 @@ __all__ = [
 ]
 
 SHAPES: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "cross", "heart", "ring", "diamond",
-    "hexagon", "crescent", "arrow", "ellipse", "pentagon", "bar", "T-shape", "L-shape",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "heart",
+    "ring",
+    "diamond",
+    "hexagon",
+    "crescent",
+    "arrow",
+    "ellipse",
+    "pentagon",
+    "bar",
+    "T-shape",
+    "L-shape",
 )
 TEXTURES: tuple[str, ...] = ("solid", "striped", "dotted", "checkered")
 VOCABULARY: tuple[str, ...] = tuple(f"{t} {s}" for s in SHAPES for t in TEXTURES)
@@ -111,8 +125,7 @@ _PHOTOS: dict[str, tuple[str, str]] = {
 PHOTO_DIR = os.path.join(os.path.dirname(skimage.__file__), "data")
 # Only photos shipped with the installed scikit-image (all 14 in scikit-image >= 0.19).
 BACKGROUNDS: tuple[str, ...] = PROCEDURAL_BACKGROUNDS + tuple(
-    f"photo:{name}" for name, (fname, _) in _PHOTOS.items()
-    if os.path.exists(os.path.join(PHOTO_DIR, fname))
+    f"photo:{name}" for name, (fname, _) in _PHOTOS.items() if os.path.exists(os.path.join(PHOTO_DIR, fname))
 )
 
 _SS = 2  # frame supersampling factor (2×2 mean)
@@ -150,15 +163,15 @@ class StimulusConfig:
 class Movie:
     """Frames and per-frame ground truth of a generated movie (see the module docstring)."""
 
-    frames: np.ndarray       # (T, H, W, 3) uint8
-    concepts: np.ndarray     # (T, 64) bool
-    mask: np.ndarray         # (T, H, W) bool
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    concepts: np.ndarray  # (T, 64) bool
+    mask: np.ndarray  # (T, H, W) bool
     key_concept: np.ndarray  # (T,) int16
-    colour: np.ndarray       # (T,) int16
-    background: np.ndarray   # (T,) int16
-    motion: np.ndarray       # (T, 6) float32
-    scene: np.ndarray        # (T,) int32
-    caption_id: np.ndarray   # (T,) int32
+    colour: np.ndarray  # (T,) int16
+    background: np.ndarray  # (T,) int16
+    motion: np.ndarray  # (T, 6) float32
+    scene: np.ndarray  # (T,) int32
+    caption_id: np.ndarray  # (T,) int32
     captions: list[str]
 
     def caption(self, t: int) -> str:
@@ -188,9 +201,30 @@ def object_colours(colour: int) -> tuple[np.ndarray, np.ndarray]:
 
 def caption_vocabulary() -> list[str]:
     """All words that captions use, in a fixed order (``caption.split()`` tokenises)."""
-    words = ["a", "the", "on", "over", "with", "beside", "small", "moving", "and", "left",
-             "right", "up", "down", "spinning", "clockwise", "counterclockwise", "growing",
-             "shrinking", "camera", "pans", "background", "photo"]
+    words = [
+        "a",
+        "the",
+        "on",
+        "over",
+        "with",
+        "beside",
+        "small",
+        "moving",
+        "and",
+        "left",
+        "right",
+        "up",
+        "down",
+        "spinning",
+        "clockwise",
+        "counterclockwise",
+        "growing",
+        "shrinking",
+        "camera",
+        "pans",
+        "background",
+        "photo",
+    ]
     words += [name for name, _ in COLOURS] + list(TEXTURES) + list(SHAPES)
     words += [p.split()[1] for p in _BG_PHRASE.values()]
     words += [word for _, word in _PHOTOS.values()]
@@ -221,8 +255,7 @@ def _regular(n: int, radius: float, inner: float | None = None) -> np.ndarray:
     return np.stack([r * np.cos(ang), r * np.sin(ang)], axis=1)
 
 
-def _boxes(u: np.ndarray, v: np.ndarray, *boxes: tuple[float, float, float, float]
-           ) -> np.ndarray:
+def _boxes(u: np.ndarray, v: np.ndarray, *boxes: tuple[float, float, float, float]) -> np.ndarray:
     """Union of axis-aligned boxes ``(x0, x1, y0, y1)``."""
     out = np.zeros(u.shape, dtype=bool)
     for x0, x1, y0, y1 in boxes:
@@ -239,8 +272,9 @@ def _heart(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (x * x + y * y - 1) ** 3 - x * x * y**3 <= 0
 
 
-_ARROW = np.array([(-0.85, 0.2), (0.15, 0.2), (0.15, 0.55), (0.9, 0.0), (0.15, -0.55),
-                   (0.15, -0.2), (-0.85, -0.2)])
+_ARROW = np.array(
+    [(-0.85, 0.2), (0.15, 0.2), (0.15, 0.55), (0.9, 0.0), (0.15, -0.55), (0.15, -0.2), (-0.85, -0.2)]
+)
 _ShapeFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # All shapes fit inside the unit disk, so rotation never leaves the sprite.
 _SHAPE_FNS: dict[str, _ShapeFn] = {
@@ -285,7 +319,7 @@ def _sprite(concept: int, colour: int, res: int) -> tuple[np.ndarray, np.ndarray
     three channels, so compositing needs no broadcasting. Pixel rows go down the screen.
     """
     n = res * _SPRITE_SS
-    c = ((np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1)
+    c = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
     u, v = np.meshgrid(c, -c)
     shape, texture = SHAPES[concept // len(TEXTURES)], TEXTURES[concept % len(TEXTURES)]
     inside = _SHAPE_FNS[shape](u, v)
@@ -400,12 +434,13 @@ def _bg_photo(rng: np.random.Generator, name: str, shape: tuple[int, int]) -> np
     ch = min(ih, iw / aspect) * rng.uniform(0.55, 1.0)
     cw = ch * aspect
     y0, x0 = rng.uniform(0, ih - ch), rng.uniform(0, iw - cw)
-    crop = img[int(y0): int(y0 + ch), int(x0): int(x0 + cw)]
+    crop = img[int(y0) : int(y0 + ch), int(x0) : int(x0 + cw)]
     return cv2.resize(crop, shape[::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def _background(rng: np.random.Generator, kind: str, shape: tuple[int, int], fw: float,
-                target: float) -> np.ndarray:
+def _background(
+    rng: np.random.Generator, kind: str, shape: tuple[int, int], fw: float, target: float
+) -> np.ndarray:
     """Background canvas (H, W, 3) float32 in 0–255, with moderate contrast around ``target``.
 
     ``target`` is the mean luminance, chosen away from the key object's so it stands out.
@@ -426,9 +461,9 @@ def _background(rng: np.random.Generator, kind: str, shape: tuple[int, int], fw:
 class _Object:
     concept: int
     colour: int
-    xy: np.ndarray      # (n+1, 2) centre in output pixels
-    angle: np.ndarray   # (n+1,) degrees, counter-clockwise on screen
-    logd: np.ndarray    # (n+1,) log diameter (output pixels) of the local disk u² + v² ≤ 1
+    xy: np.ndarray  # (n+1, 2) centre in output pixels
+    angle: np.ndarray  # (n+1,) degrees, counter-clockwise on screen
+    logd: np.ndarray  # (n+1,) log diameter (output pixels) of the local disk u² + v² ≤ 1
     direction: np.ndarray  # (n, 2) velocity (x, y) at t + 0.5 after bounces, for captions
 
 
@@ -439,12 +474,11 @@ class _Scene:
     background: int
     key: _Object
     distractor: _Object | None
-    cam: np.ndarray     # (n+1, 2) camera offset into the canvas, output pixels
-    seed: int           # for drawing the background
+    cam: np.ndarray  # (n+1, 2) camera offset into the canvas, output pixels
+    seed: int  # for drawing the background
 
 
-def _bounce(p0: float, v: float, t: np.ndarray, lo: float, hi: float
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _bounce(p0: float, v: float, t: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Positions and signed speeds at times ``t`` of a point bouncing between lo and hi."""
     span = hi - lo
     if span <= 1e-6:
@@ -454,8 +488,9 @@ def _bounce(p0: float, v: float, t: np.ndarray, lo: float, hi: float
     return lo + np.where(fwd, m, 2 * span - m), np.where(fwd, v, -v)
 
 
-def _bouncing(xy0: np.ndarray, vel: np.ndarray, n: int, lo: np.ndarray, hi: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _bouncing(
+    xy0: np.ndarray, vel: np.ndarray, n: int, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(n+1, 2) positions and (n, 2) mid-step velocities of a point bouncing in a box."""
     t = np.arange(n + 1, dtype=np.float64)
     th = np.arange(n, dtype=np.float64) + 0.5
@@ -469,8 +504,9 @@ def _velocity(rng: np.random.Generator, lo: float, hi: float, unit: float) -> np
     return np.array([speed * math.cos(ang), speed * math.sin(ang)])
 
 
-def _plan_key(rng: np.random.Generator, kind: str, n: int, concept: int, colour: int,
-              hw: np.ndarray) -> _Object:
+def _plan_key(
+    rng: np.random.Generator, kind: str, n: int, concept: int, colour: int, hw: np.ndarray
+) -> _Object:
     """Trajectory of the key object for a scene of ``n`` frames and motion ``kind``."""
     unit = hw[1] / 64.0
     t = np.arange(n + 1, dtype=np.float64)
@@ -506,8 +542,16 @@ def _plan_camera(rng: np.random.Generator, kind: str, n: int, hw: np.ndarray) ->
     return centre + vel * (np.arange(n + 1)[:, None] - n / 2)  # overshoot → mirrored canvas
 
 
-def _plan_distractor(rng: np.random.Generator, kind: str, n: int, concept: int, colour: int,
-                     key: _Object, cam: np.ndarray, hw: np.ndarray) -> _Object:
+def _plan_distractor(
+    rng: np.random.Generator,
+    kind: str,
+    n: int,
+    concept: int,
+    colour: int,
+    key: _Object,
+    cam: np.ndarray,
+    hw: np.ndarray,
+) -> _Object:
     """A smaller object placed away from the key object; in pan scenes it moves with the world."""
     d = min(rng.uniform(0.12, 0.2) * hw[1], 0.7 * math.exp(key.logd.min()))
     r = d / 2
@@ -534,8 +578,7 @@ def _object_luma(colour: int, concept: int) -> float:
     return float(mean @ _LUMA)
 
 
-def _plan_scene(rng: np.random.Generator, n: int, concept: int, config: StimulusConfig
-                ) -> _Scene:
+def _plan_scene(rng: np.random.Generator, n: int, concept: int, config: StimulusConfig) -> _Scene:
     """Draw motion kind, colour, background, trajectories and distractor of one scene."""
     hw = np.asarray(config.size, dtype=np.float64)
     kind = MOTIONS[int(rng.choice(len(MOTIONS), p=_MOTION_P))]
@@ -594,8 +637,8 @@ def _caption(scene: _Scene, t: int, distractor_visible: bool) -> str:
     verb = {
         "static": "",
         "translation": f" moving {_direction(scene.key.direction[t])}",
-        "rotation": " spinning " + (
-            "counterclockwise" if scene.key.angle[t + 1] > scene.key.angle[t] else "clockwise"),
+        "rotation": " spinning "
+        + ("counterclockwise" if scene.key.angle[t + 1] > scene.key.angle[t] else "clockwise"),
         "zoom": " growing" if scene.key.logd[-1] > scene.key.logd[0] else " shrinking",
     }[scene.kind]
     return f"a {key}{verb}{extra} on {bg}"
@@ -604,8 +647,9 @@ def _caption(scene: _Scene, t: int, distractor_visible: bool) -> str:
 # -------------------------------------------------------------------------- rendering
 
 
-def _paste(buf: np.ndarray, sprite: tuple[np.ndarray, np.ndarray], xy: np.ndarray,
-           angle: float, diameter: float) -> tuple[int, int, np.ndarray] | None:
+def _paste(
+    buf: np.ndarray, sprite: tuple[np.ndarray, np.ndarray], xy: np.ndarray, angle: float, diameter: float
+) -> tuple[int, int, np.ndarray] | None:
     """Composite a sprite over the supersampled frame ``buf`` in place.
 
     Returns the top-left output pixel of the object's region and its coverage there (at
@@ -626,8 +670,7 @@ def _paste(buf: np.ndarray, sprite: tuple[np.ndarray, np.ndarray], xy: np.ndarra
     m = np.hstack([a, (centre - a @ np.full(2, (res - 1) / 2) - (x0, y0))[:, None]])
     size = (int(x1 - x0), int(y1 - y0))
     col = cv2.warpAffine(rgb, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    alpha = cv2.warpAffine(alpha3, m, size, flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT)
+    alpha = cv2.warpAffine(alpha3, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     roi = buf[y0:y1, x0:x1]
     roi *= 1.0 - alpha
     roi += col
@@ -640,7 +683,7 @@ def _coverage(out: np.ndarray, pasted: tuple[int, int, np.ndarray] | None) -> np
     out[:] = 0
     if pasted is not None:
         x0, y0, cov = pasted
-        out[y0:y0 + cov.shape[0], x0:x0 + cov.shape[1]] = cov
+        out[y0 : y0 + cov.shape[0], x0 : x0 + cov.shape[1]] = cov
     return out
 
 
@@ -654,8 +697,7 @@ def _sprite_for(obj: _Object) -> tuple[tuple[np.ndarray, np.ndarray], float]:
     return sprite, float(sprite[1][..., 0].sum()) / res**2
 
 
-def _render_scene(scene: _Scene, movie: Movie, start: int, count: int, config: StimulusConfig
-                  ) -> list[bool]:
+def _render_scene(scene: _Scene, movie: Movie, start: int, count: int, config: StimulusConfig) -> list[bool]:
     """Render the first ``count`` frames of a scene into ``movie`` at offset ``start``.
 
     Returns, per frame, whether the distractor is visible.
@@ -678,12 +720,17 @@ def _render_scene(scene: _Scene, movie: Movie, start: int, count: int, config: S
         cx, cy = scene.cam[t] * _SS
         if scene.kind == "pan":
             m = np.array([[1.0, 0.0, cx], [0.0, 1.0, cy]])
-            cv2.warpAffine(canvas, m, (ws, hs), dst=buf,
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_REFLECT_101)
+            cv2.warpAffine(
+                canvas,
+                m,
+                (ws, hs),
+                dst=buf,
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REFLECT_101,
+            )
         else:
             x0, y0 = round(cx), round(cy)
-            np.copyto(buf, canvas[y0:y0 + hs, x0:x0 + ws])
+            np.copyto(buf, canvas[y0 : y0 + hs, x0 : x0 + ws])
         d_vis = False
         if dis is not None:
             d_d = math.exp(dis.logd[t])
@@ -707,12 +754,14 @@ def _render_scene(scene: _Scene, movie: Movie, start: int, count: int, config: S
 def _motion_labels(scene: _Scene) -> np.ndarray:
     """(n, 6) float32 motion of each frame to the next (see the module docstring)."""
     key = scene.key
-    return np.column_stack([
-        np.diff(key.xy, axis=0),
-        np.diff(key.angle),
-        np.diff(key.logd),
-        -np.diff(scene.cam, axis=0),
-    ]).astype(np.float32)
+    return np.column_stack(
+        [
+            np.diff(key.xy, axis=0),
+            np.diff(key.angle),
+            np.diff(key.logd),
+            -np.diff(scene.cam, axis=0),
+        ]
+    ).astype(np.float32)
 
 
 def _scene_lengths(config: StimulusConfig) -> tuple[int, int]:
@@ -737,9 +786,9 @@ def _empty_movie(n_frames: int, config: StimulusConfig) -> Movie:
     )
 
 
-def generate_movie(n_frames: int, seed: int,
-                   config: StimulusConfig = StimulusConfig(),
-                   scene_offset: int = 0) -> Movie:
+def generate_movie(
+    n_frames: int, seed: int, config: StimulusConfig = StimulusConfig(), scene_offset: int = 0
+) -> Movie:
     """Deterministic movie of n_frames frames; scene ids start at scene_offset.
 
     Parameters

@@ -51,8 +51,12 @@ class StreamConfig:
     movie_seed: int = 1
     dataset: Path | None = field(default=None, metadata={"help": "stream a run of this dataset instead"})
     run: int = 0
-    linger_s: float = field(default=2.0, metadata={"help": "keep the outlet open this long after the last volume"})
-    sent_log: Path | None = field(default=None, metadata={"help": "JSON lines: TR, timestamp, sha1 of every volume sent"})
+    linger_s: float = field(
+        default=2.0, metadata={"help": "keep the outlet open this long after the last volume"}
+    )
+    sent_log: Path | None = field(
+        default=None, metadata={"help": "JSON lines: TR, timestamp, sha1 of every volume sent"}
+    )
     faults: FaultConfig = field(default_factory=FaultConfig)
     scanner: ScannerConfig = field(default_factory=ScannerConfig)
     brain: BrainConfig = field(default_factory=BrainConfig)
@@ -73,7 +77,7 @@ class StreamSource:
 
 def simulated_source(cfg: StreamConfig) -> StreamSource:
     """Simulate subject ``cfg.subject`` watching a movie, or read a dataset run."""
-    f = int(round(cfg.scanner.tr * cfg.stim.fps))
+    f = round(cfg.scanner.tr * cfg.stim.fps)
     if cfg.dataset is not None:
         from scanner_sim.dataset import Dataset
 
@@ -83,15 +87,31 @@ def simulated_source(cfg: StreamConfig) -> StreamSource:
         vols = ds.volumes(name, cfg.run)[: cfg.n_tr]
         geometry = ds.geometry(name)
         frames = ds.frames(run.segment)[: len(vols) * f]
-        return StreamSource(geometry, len(vols), iter(vols), frames, ds.config.stimulus.fps,
-                            ds.subject(name)["motion"][cfg.run][: len(vols)])
+        return StreamSource(
+            geometry,
+            len(vols),
+            iter(vols),
+            frames,
+            ds.config.stimulus.fps,
+            ds.subject(name)["motion"][cfg.run][: len(vols)],
+        )
     subject = make_subject(cfg.subject - 1, cfg.seed, cfg.brain, cfg.stim.fps, cfg.stim.size)
     movie = stimuli.generate_movie(cfg.n_tr * f, seed=cfg.movie_seed, config=cfg.stim)
     bold = subject.bold(stimulus_features(movie), cfg.stim.fps, cfg.scanner.tr, cfg.n_tr)
-    run = acquire(subject, bold, np.random.SeedSequence([cfg.seed, 9000 + cfg.subject, cfg.movie_seed]),
-                  cfg.scanner, np.dtype(cfg.dtype))
-    geometry = VolumeGeometry(subject.geometry.dims, subject.geometry.voxel_size, cfg.scanner.tr,
-                              subject=subject.name, session=f"sim-{cfg.seed}-{cfg.movie_seed}")
+    run = acquire(
+        subject,
+        bold,
+        np.random.SeedSequence([cfg.seed, 9000 + cfg.subject, cfg.movie_seed]),
+        cfg.scanner,
+        np.dtype(cfg.dtype),
+    )
+    geometry = VolumeGeometry(
+        subject.geometry.dims,
+        subject.geometry.voxel_size,
+        cfg.scanner.tr,
+        subject=subject.name,
+        session=f"sim-{cfg.seed}-{cfg.movie_seed}",
+    )
     return StreamSource(geometry, cfg.n_tr, run.volumes, movie.frames, cfg.stim.fps, run.motion)
 
 
@@ -115,8 +135,13 @@ def _prefetch(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
 class _Streamer:
     """Runs the event schedule of one streamed run."""
 
-    def __init__(self, cfg: StreamConfig, src: StreamSource, stop: threading.Event | None,
-                 on_volume: Callable[[int, float, np.ndarray], None] | None) -> None:
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        src: StreamSource,
+        stop: threading.Event | None,
+        on_volume: Callable[[int, float, np.ndarray], None] | None,
+    ) -> None:
         self.cfg, self.src, self.stop = cfg, src, stop or threading.Event()
         self.on_volume = on_volume
         self.source_id = cfg.source_id or f"scanner_sim-{cfg.subject}"
@@ -129,16 +154,23 @@ class _Streamer:
         self.frame_outlet = None
         if cfg.stimulus_stream and src.frames is not None:
             h, w = src.frames.shape[1:3]
-            self.frame_outlet = FrameOutlet((h, w), src.fps * cfg.speed, f"{cfg.name}_stimulus",
-                                            f"{self.source_id}-stimulus")
-        self.sent_fh = open(cfg.sent_log, "w") if cfg.sent_log else None  # noqa: SIM115
+            self.frame_outlet = FrameOutlet(
+                (h, w), src.fps * cfg.speed, f"{cfg.name}_stimulus", f"{self.source_id}-stimulus"
+            )
+        self.sent_fh = open(cfg.sent_log, "w") if cfg.sent_log else None
         self.sent = 0
 
     def _volume_outlet(self) -> VolumeOutlet:
         # nominal_srate reflects the actual rate; desc keeps the physical TR.
         geo = self.src.geometry
-        fast = VolumeGeometry(geo.dims, geo.voxel_size, geo.tr / self.cfg.speed, geo.affine,
-                              subject=geo.subject, session=geo.session)
+        fast = VolumeGeometry(
+            geo.dims,
+            geo.voxel_size,
+            geo.tr / self.cfg.speed,
+            geo.affine,
+            subject=geo.subject,
+            session=geo.session,
+        )
         extra = {**self.extra, "physical_tr": geo.tr}
         return VolumeOutlet(fast, self.cfg.name, self.source_id, np.dtype(self.cfg.dtype), extra)
 
@@ -161,7 +193,8 @@ class _Streamer:
             self.sent += 1
             if self.sent_fh:
                 digest = hashlib.sha1(np.ascontiguousarray(vol, self.outlet.dtype).tobytes()).hexdigest()
-                self.sent_fh.write(json.dumps({"tr": k, "timestamp": ts, "sha1": digest}) + "\n")
+                line = {"tr": k, "timestamp": ts, "pushed": local_clock(), "sha1": digest}
+                self.sent_fh.write(json.dumps(line) + "\n")
                 self.sent_fh.flush()
             if self.on_volume:
                 self.on_volume(k, ts, vol)
@@ -176,7 +209,7 @@ class _Streamer:
 
     def schedule(self, pacer: Pacer) -> list[tuple[float, int, str, int, int]]:
         """All events: (due time, order, kind, TR, frame) sorted by time."""
-        f = int(round(self.src.geometry.tr * self.src.fps))
+        f = round(self.src.geometry.tr * self.src.fps)
         events = []
         for k in range(self.src.n_tr):
             t_acq = pacer.deadline(k + 1)
@@ -197,8 +230,9 @@ class _Streamer:
             self.frame_outlet.outlet.wait_for_consumers(min(self.cfg.wait_consumer_s, 1.0))
         pacer = Pacer(self.src.geometry.tr, self.cfg.speed, start=local_clock() + 0.2)
         events = self.schedule(pacer)
-        log.info("streaming %d volumes of %s every %.3f s", self.src.n_tr, self.src.geometry.dims,
-                 pacer.interval)
+        log.info(
+            "streaming %d volumes of %s every %.3f s", self.src.n_tr, self.src.geometry.dims, pacer.interval
+        )
         try:
             while events and not self.stop.is_set():
                 due, _, kind, k, j = heapq.heappop(events)
@@ -220,9 +254,12 @@ class _Streamer:
         return self.sent
 
 
-def stream(cfg: StreamConfig, stop: threading.Event | None = None,
-           on_volume: Callable[[int, float, np.ndarray], None] | None = None,
-           source: StreamSource | None = None) -> int:
+def stream(
+    cfg: StreamConfig,
+    stop: threading.Event | None = None,
+    on_volume: Callable[[int, float, np.ndarray], None] | None = None,
+    source: StreamSource | None = None,
+) -> int:
     """Stream a run over LSL; returns the number of volume samples pushed.
 
     Parameters

@@ -71,8 +71,11 @@ class SideBySideVideo(Output):
         clip = result.clip
         stim = self.stimulus(result.tr, len(clip))
         if stim is not None:
-            frames = side_by_side(upscale(stim, self.scale), upscale(clip, self.scale),
-                                  labels=["stimulus", f"reconstruction (TR {result.tr})"])
+            frames = side_by_side(
+                upscale(stim, self.scale),
+                upscale(clip, self.scale),
+                labels=["stimulus", f"reconstruction (TR {result.tr})"],
+            )
         else:
             frames = upscale(clip, self.scale)
         try:

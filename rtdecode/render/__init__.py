@@ -24,8 +24,9 @@ def resize_clip(frames: np.ndarray, n_frames: int, size: tuple[int, int]) -> np.
     w = (pos - lo)[:, None, None, None]
     timed = frames[lo] * (1 - w) + frames[hi] * w
     h, wd = size
-    return np.stack([cv2.resize(fr.astype(np.float32), (wd, h), interpolation=cv2.INTER_CUBIC)
-                     for fr in timed])
+    return np.stack(
+        [cv2.resize(fr.astype(np.float32), (wd, h), interpolation=cv2.INTER_CUBIC) for fr in timed]
+    )
 
 
 class Renderer(ABC):

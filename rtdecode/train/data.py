@@ -52,7 +52,9 @@ class Prepared:
 
 
 def _cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
-    blob = json.dumps({"data": ds.manifest["fingerprint"], "pre": config_to_dict(cfg), "v": 1}, sort_keys=True)
+    blob = json.dumps(
+        {"data": ds.manifest["fingerprint"], "pre": config_to_dict(cfg), "v": 1}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -65,8 +67,13 @@ def _worker(args: tuple) -> tuple[int, np.ndarray, np.ndarray]:
     return run, values.astype(np.float16), motion
 
 
-def prepare_subject(root: str | Path, subject: str, cfg: PreprocessConfig = PreprocessConfig(),
-                    workers: int = 2, progress: bool = True) -> Prepared:
+def prepare_subject(
+    root: str | Path,
+    subject: str,
+    cfg: PreprocessConfig = PreprocessConfig(),
+    workers: int = 2,
+    progress: bool = True,
+) -> Prepared:
     """Preprocess every run of a subject (or load the cache).
 
     Parameters
@@ -100,8 +107,13 @@ def prepare_subject(root: str | Path, subject: str, cfg: PreprocessConfig = Prep
         ctx = mp.get_context("fork")
         tasks = [(str(root), subject, r, mask, cfg) for r in todo]
         with ctx.Pool(workers) as pool:
-            for run, values, motion in tqdm(pool.imap_unordered(_worker, tasks), total=len(tasks),
-                                            desc=f"preprocess {subject}", unit="run", disable=not progress):
+            for run, values, motion in tqdm(
+                pool.imap_unordered(_worker, tasks),
+                total=len(tasks),
+                desc=f"preprocess {subject}",
+                unit="run",
+                disable=not progress,
+            ):
                 f["values"][run] = values
                 f["motion"][run] = motion
                 f["done"][run] = True
@@ -125,8 +137,9 @@ def frame_targets(frames: np.ndarray, frames_per_tr: int, n_out: int, size: int)
     return (small / 255.0).astype(np.float32)
 
 
-def stimulus_windows(values: np.ndarray, lags: tuple[int, ...], select: np.ndarray | None = None,
-                     start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stimulus_windows(
+    values: np.ndarray, lags: tuple[int, ...], select: np.ndarray | None = None, start: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Decoder inputs of one run: for each stimulus TR ``s``, the volumes ``s + lag``.
 
     Returns

@@ -43,8 +43,13 @@ class RidgeConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...],
-              x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def fit_ridge(
+    x: np.ndarray,
+    y: np.ndarray,
+    alphas: tuple[float, ...],
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Ridge regression via one SVD; picks the penalty on validation data if given.
 
     Returns
@@ -121,29 +126,49 @@ def train_ridge(cfg: RidgeConfig, progress: bool = True) -> Bundle:
         x_val, y_val = _split_xy(prep, ds, val_runs, select, cfg)
         mean, basis = _pca(np.concatenate([y_fit, y_val]), cfg.n_components)
         log.info("choosing the ridge penalty on %d validation TRs", len(x_val))
-        _, _, alpha, scores = fit_ridge(x_fit, (y_fit - mean) @ basis.T, cfg.alphas, x_val, (y_val - mean) @ basis.T)
+        _, _, alpha, scores = fit_ridge(
+            x_fit, (y_fit - mean) @ basis.T, cfg.alphas, x_val, (y_val - mean) @ basis.T
+        )
         x_all = np.concatenate([x_fit, x_val])
         y_all = np.concatenate([y_fit, y_val])
         w, b, _, _ = fit_ridge(x_all, (y_all - mean) @ basis.T, (alpha,))
         x_test, y_test = _test_xy(prep, ds, select, cfg)
         pred = np.clip((x_test @ w + b) @ basis + mean, 0, 1)
-        metrics = {"test": _pixel_scores(pred, y_test), "alpha": alpha,
-                   "validation_mse": {str(k): v for k, v in scores.items()},
-                   "reliability_selected_median": float(np.median(rel[select]))}
+        metrics = {
+            "test": _pixel_scores(pred, y_test),
+            "alpha": alpha,
+            "validation_mse": {str(k): v for k, v in scores.items()},
+            "reliability_selected_median": float(np.median(rel[select])),
+        }
         geo = ds.geometry(cfg.subject)
         manifest = {
-            "name": Path(cfg.out).name, "kind": "ridge", "subject": cfg.subject,
-            "geometry": geo.to_dict(), "lags": list(cfg.lags), "tr": ds.config.scanner.tr,
-            "fps": ds.config.stimulus.fps, "frames_per_tr": ds.config.frames_per_tr,
+            "name": Path(cfg.out).name,
+            "kind": "ridge",
+            "subject": cfg.subject,
+            "geometry": geo.to_dict(),
+            "lags": list(cfg.lags),
+            "tr": ds.config.scanner.tr,
+            "fps": ds.config.stimulus.fps,
+            "frames_per_tr": ds.config.frames_per_tr,
             "frame_size": list(ds.config.stimulus.size),
             "blurry_shape": [cfg.n_frames, cfg.size, cfg.size, 3],
             "vocabulary": list(stimuli.VOCABULARY),
             "preprocess": {k: getattr(cfg.preprocess, k) for k in cfg.preprocess.__dataclass_fields__},
-            "training": {"dataset": ds.manifest["fingerprint"], "dataset_preset": ds.config.preset,
-                         "n_train": int(len(x_all)), "n_voxels": int(select.size)},
+            "training": {
+                "dataset": ds.manifest["fingerprint"],
+                "dataset_preset": ds.config.preset,
+                "n_train": len(x_all),
+                "n_voxels": int(select.size),
+            },
             "metrics": metrics,
         }
     log.info("test pixel r %.3f", metrics["test"]["pixel_r"])
-    tensors = {"mask_index": prep.mask_index.astype(np.int32), "select": select.astype(np.int32),
-               "weights": w, "bias": b, "basis": basis, "mean": mean}
+    tensors = {
+        "mask_index": prep.mask_index.astype(np.int32),
+        "select": select.astype(np.int32),
+        "weights": w,
+        "bias": b,
+        "basis": basis,
+        "mean": mean,
+    }
     return save_bundle(cfg.out, manifest, tensors)

@@ -5,8 +5,16 @@ import pytest
 
 from rtdecode.bundle import BundleError, load_bundle, save_bundle
 
-MANIFEST = {"name": "t", "kind": "ridge", "geometry": {"dims": [4, 4, 4]}, "lags": [2, 3], "tr": 2.0,
-            "fps": 8.0, "frames_per_tr": 16, "frame_size": [64, 64]}
+MANIFEST = {
+    "name": "t",
+    "kind": "ridge",
+    "geometry": {"dims": [4, 4, 4]},
+    "lags": [2, 3],
+    "tr": 2.0,
+    "fps": 8.0,
+    "frames_per_tr": 16,
+    "frame_size": [64, 64],
+}
 
 
 def test_round_trip_and_digest(tmp_path):

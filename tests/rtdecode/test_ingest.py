@@ -41,3 +41,51 @@ def test_validation_finds_bad_volumes():
     assert validate_volume(cut) == "truncated: 4 of 6 slices"
     assert validate_volume(np.zeros((4, 4, 4), np.int16)) == "all-zero volume"
     assert validate_volume(good.astype(np.int16)) == ""
+
+
+def test_no_stream_gives_a_clear_error(source_id):
+    import pytest
+
+    from rtdecode.ingest import IngestConfig, VolumeIngest
+    from rtdecode.lsl import StreamNotFoundError
+
+    ingest = VolumeIngest(IngestConfig(source_id=source_id, resolve_timeout_s=0.5), print, print)
+    with pytest.raises(StreamNotFoundError, match=f"source_id='{source_id}'.*scanner-sim stream"):
+        ingest.connect()
+
+
+def test_third_party_stream_without_desc_needs_and_uses_the_users_geometry(source_id):
+
+    import time
+
+    import pylsl
+    import pytest
+
+    from rtdecode.ingest import IngestConfig, VolumeIngest
+
+    dims = (16, 16, 8)
+    n = int(np.prod(dims))
+    info = pylsl.StreamInfo("thirdparty", "fMRI", n, 10.0, pylsl.cf_float32, source_id)  # no desc
+    outlet = pylsl.StreamOutlet(info)
+    with pytest.raises(ValueError, match=r"--ingest\.dims"):
+        VolumeIngest(IngestConfig(source_id=source_id, resolve_timeout_s=5), print, print).connect()
+    with pytest.raises(ValueError, match="makes 512 voxels"):
+        VolumeIngest(IngestConfig(source_id=source_id, dims=(8, 8, 8)), print, print).connect()
+    got, events = [], []
+    ingest = VolumeIngest(IngestConfig(source_id=source_id, dims=dims, max_trs=6), got.append, events.append)
+    geo = ingest.connect()
+    assert geo.dims == dims and abs(geo.tr - 0.1) < 1e-9
+    ingest.start()
+    rng = np.random.default_rng(0)
+    t0 = pylsl.local_clock()
+    for k in range(6):
+        vol = rng.random(n, dtype=np.float32) + 1
+        if k == 3:
+            vol[5] = np.nan
+        outlet.push_chunk(vol.reshape(1, -1), t0 + k * 0.1)
+        time.sleep(0.1)
+    assert ingest.finished.wait(10)
+    assert [v.tr for v in got] == list(range(6))
+    assert [v.status for v in got] == ["ok", "ok", "ok", "bad", "ok", "ok"]
+    assert got[0].data.shape == dims
+    assert [e.kind for e in events] == ["bad"] and events[0].tr == 3

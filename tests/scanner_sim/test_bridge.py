@@ -78,14 +78,19 @@ def _mosaic_image(volume: np.ndarray) -> np.ndarray:
     image = np.zeros((GRID * ny, GRID * nx), dtype=volume.dtype)
     for k in range(nz):
         r, c = divmod(k, GRID)
-        image[r * ny:(r + 1) * ny, c * nx:(c + 1) * nx] = volume[:, :, k].T
+        image[r * ny : (r + 1) * ny, c * nx : (c + 1) * nx] = volume[:, :, k].T
     return image
 
 
 def _mosaic_bytes(volume: np.ndarray, number: int, series_uid: str) -> bytes:
-    ds = _dataset(_mosaic_image(volume), series_uid, AcquisitionNumber=number,
-                  InstanceNumber=number, ImageType=["ORIGINAL", "PRIMARY", "M", "MOSAIC"],
-                  ImagePositionPatient=[-80.0, -80.0, -20.0])
+    ds = _dataset(
+        _mosaic_image(volume),
+        series_uid,
+        AcquisitionNumber=number,
+        InstanceNumber=number,
+        ImageType=["ORIGINAL", "PRIMARY", "M", "MOSAIC"],
+        ImagePositionPatient=[-80.0, -80.0, -20.0],
+    )
     ds.add_new((0x0019, 0x0010), "LO", "SIEMENS MR HEADER")
     ds.add_new((0x0019, 0x100A), "US", volume.shape[2])
     return _encode(ds)
@@ -99,9 +104,13 @@ def _write_mosaic(folder: Path, volume: np.ndarray, number: int, series_uid: str
 
 def _slice_bytes(volume: np.ndarray, number: int, k: int, series_uid: str) -> bytes:
     """Slice ``k`` of an (x, y, z) volume as a single-slice file (z = 4 mm steps)."""
-    ds = _dataset(volume[:, :, k].T, series_uid, AcquisitionNumber=number,
-                  InstanceNumber=(number - 1) * volume.shape[2] + k + 1,
-                  ImagePositionPatient=[-30.0, -20.0, -10.0 + 4.0 * k])
+    ds = _dataset(
+        volume[:, :, k].T,
+        series_uid,
+        AcquisitionNumber=number,
+        InstanceNumber=(number - 1) * volume.shape[2] + k + 1,
+        ImagePositionPatient=[-30.0, -20.0, -10.0 + 4.0 * k],
+    )
     return _encode(ds)
 
 
@@ -109,8 +118,7 @@ def _bridge(folder: Path, **kwargs) -> tuple[DicomBridge, list]:
     received: list = []
     kwargs.setdefault("wait_for_consumer", 0.0)
     kwargs.setdefault("source_id", f"test-bridge-{uuid.uuid4()}")
-    bridge = DicomBridge(folder, on_volume=lambda k, v, t: received.append((k, v.copy(), t)),
-                         **kwargs)
+    bridge = DicomBridge(folder, on_volume=lambda k, v, t: received.append((k, v.copy(), t)), **kwargs)
     return bridge, received
 
 
@@ -132,7 +140,7 @@ def test_unpack_mosaic_convention():
     image = np.zeros((36, 48), np.uint16)
     for k in range(7):
         r, c = divmod(k, 3)
-        image[r * 12:(r + 1) * 12, c * 16:(c + 1) * 16] = volume[:, :, k].T
+        image[r * 12 : (r + 1) * 12, c * 16 : (c + 1) * 16] = volume[:, :, k].T
     np.testing.assert_array_equal(unpack_mosaic(image, 7), volume)
 
 
@@ -156,8 +164,7 @@ def test_mosaic_series_unpacks_to_the_source_volumes(tmp_path):
     assert geo.voxel_size == pytest.approx((2.0, 2.5, 3.5))  # x = column spacing
     assert geo.tr == pytest.approx(1.5)
     # Axial, LPS → RAS; the corner moved from the mosaic's to the first tile's.
-    expected = np.array([[-2.0, 0, 0, 32.0], [0, -2.5, 0, 20.0], [0, 0, 3.5, -20.0],
-                         [0, 0, 0, 1]])
+    expected = np.array([[-2.0, 0, 0, 32.0], [0, -2.5, 0, 20.0], [0, 0, 3.5, -20.0], [0, 0, 0, 1]])
     np.testing.assert_allclose(geo.affine_matrix, expected)
     assert bridge.volumes_sent == 4 and bridge.files_skipped == 0 and bridge.events == []
 
@@ -215,8 +222,9 @@ def test_multiframe_file_is_one_volume(tmp_path):
         item = Dataset()
         item.PlanePositionSequence = Sequence([pos])
         per_frame.append(item)
-    ds = _dataset(frames, generate_uid(), AcquisitionNumber=1,
-                  PerFrameFunctionalGroupsSequence=Sequence(per_frame))
+    ds = _dataset(
+        frames, generate_uid(), AcquisitionNumber=1, PerFrameFunctionalGroupsSequence=Sequence(per_frame)
+    )
     (tmp_path / "mf.dcm").write_bytes(_encode(ds))
     bridge, received = _bridge(tmp_path)
     assert _poll(bridge, 2) == [0]
@@ -232,7 +240,7 @@ def test_half_written_file_is_read_once_complete(tmp_path):
     bridge, received = _bridge(tmp_path, give_up_s=5.0)
     assert _poll(bridge, 4) == []  # size stable, but the pixel data is cut short: retried
     with path.open("ab") as f:
-        f.write(data[len(data) // 2:])
+        f.write(data[len(data) // 2 :])
     assert _poll(bridge, 2) == [0]
     np.testing.assert_array_equal(received[0][1], volume)
     assert bridge.events == [] and bridge.files_skipped == 0
@@ -289,8 +297,12 @@ def test_mismatching_volume_is_skipped(tmp_path):
 
 def test_missing_tr_and_slice_count_raise_clear_errors(tmp_path):
     vol = _volumes(1, (TILE, TILE, N_SLICES))[0]
-    ds = _dataset(_mosaic_image(vol), generate_uid(), AcquisitionNumber=1,
-                  ImageType=["ORIGINAL", "PRIMARY", "M", "MOSAIC"])
+    ds = _dataset(
+        _mosaic_image(vol),
+        generate_uid(),
+        AcquisitionNumber=1,
+        ImageType=["ORIGINAL", "PRIMARY", "M", "MOSAIC"],
+    )
     del ds.RepetitionTime
     (tmp_path / "a.dcm").write_bytes(_encode(ds))
     bridge, _ = _bridge(tmp_path)
@@ -330,8 +342,7 @@ def test_lsl_inlet_receives_volumes_in_order(tmp_path):
     _write_mosaic(tmp_path, volumes[0], 1, uid)
     bridge = DicomBridge(tmp_path, source_id=sid, poll_s=0.02, wait_for_consumer=10.0)
     stop = threading.Event()
-    thread = threading.Thread(target=bridge.run, kwargs={"stop_event": stop, "max_volumes": 5},
-                              daemon=True)
+    thread = threading.Thread(target=bridge.run, kwargs={"stop_event": stop, "max_volumes": 5}, daemon=True)
     thread.start()
     try:
         found = pylsl.resolve_bypred(f"source_id='{sid}'", 1, 10.0)
@@ -346,8 +357,9 @@ def test_lsl_inlet_receives_volumes_in_order(tmp_path):
         stamps: list[float] = []
         deadline = time.monotonic() + 10.0
         while len(stamps) < 5 and time.monotonic() < deadline:
-            _, ts = inlet.pull_chunk(timeout=0.5, max_samples=5 - len(stamps),
-                                     dest_obj=buf[len(stamps):], min_samples=1)
+            _, ts = inlet.pull_chunk(
+                timeout=0.5, max_samples=5 - len(stamps), dest_obj=buf[len(stamps) :], min_samples=1
+            )
             stamps.extend(ts)
         thread.join(10.0)
         assert not thread.is_alive()

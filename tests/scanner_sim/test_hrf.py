@@ -23,7 +23,7 @@ def test_convolution_is_causal_and_peaks_after_the_event():
     x = np.zeros((400, 2), np.float32)
     x[80, :] = 1.0
     y = convolve_hrf(x, dt, np.array([0.0, 1.0]), np.array([0, 1]))
-    assert np.all(y[:80] == 0)
+    assert np.abs(y[:80]).max() < 1e-6  # zero up to FFT round-off
     peaks = (np.argmax(y, axis=0) - 80) * dt
     assert 4.5 <= peaks[0] <= 5.5
     assert peaks[1] > peaks[0]

@@ -45,9 +45,7 @@ def _replay_in_thread(path, **kwargs) -> tuple[threading.Thread, dict]:
     result: dict = {"stamps": []}
 
     def target() -> None:
-        result["sent"] = replay_nifti(
-            path, on_volume=lambda k, t: result["stamps"].append((k, t)), **kwargs
-        )
+        result["sent"] = replay_nifti(path, on_volume=lambda k, t: result["stamps"].append((k, t)), **kwargs)
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
@@ -66,8 +64,9 @@ def _receive(source_id: str, n: int, timeout: float = 15.0):
     stamps: list[float] = []
     deadline = pylsl.local_clock() + timeout
     while len(stamps) < n and pylsl.local_clock() < deadline:
-        _, ts = inlet.pull_chunk(timeout=0.5, max_samples=n - len(stamps),
-                                 dest_obj=buf[len(stamps):], min_samples=1)
+        _, ts = inlet.pull_chunk(
+            timeout=0.5, max_samples=n - len(stamps), dest_obj=buf[len(stamps) :], min_samples=1
+        )
         stamps.extend(ts)
     inlet.close_stream()
     return info, buf[: len(stamps)], np.asarray(stamps)
@@ -175,7 +174,14 @@ def test_stop_event_and_loop(tmp_path):
         if k == 8:
             stop.set()
 
-    sent = replay_nifti(path, speed=100, source_id=f"test-replay-loop-{uuid.uuid4()}",
-                        loop=True, wait_for_consumer=0.0, stop_event=stop, on_volume=on_volume)
+    sent = replay_nifti(
+        path,
+        speed=100,
+        source_id=f"test-replay-loop-{uuid.uuid4()}",
+        loop=True,
+        wait_for_consumer=0.0,
+        stop_event=stop,
+        on_volume=on_volume,
+    )
     assert sent == 9
     assert seen == list(range(9))

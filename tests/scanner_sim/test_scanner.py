@@ -32,7 +32,9 @@ def test_volumes_are_int16_epi_with_ground_truth_motion():
 def test_motion_moves_the_image_as_the_parameters_say():
     s = make_subject(0)
     cfg = ScannerConfig(motion=MotionConfig(scale=0.0))
-    still = np.stack(list(acquire(s, np.zeros((1, s.n_visual), np.float32), np.random.SeedSequence(2), cfg).volumes))[0]
+    still = np.stack(
+        list(acquire(s, np.zeros((1, s.n_visual), np.float32), np.random.SeedSequence(2), cfg).volumes)
+    )[0]
     shifted = resample_rigid(still, np.array([3.0, 0, 0, 0, 0, 0]), s.geometry)
     # A 3 mm (one voxel) x-translation moves the head one voxel along x.
     assert np.corrcoef(shifted[1:].ravel(), still[:-1].ravel())[0, 1] > 0.99

@@ -53,9 +53,13 @@ def test_shapes_and_dtypes() -> None:
     assert m.mask.shape == (50, 48, 80) and m.mask.dtype == bool
     assert m.concepts.shape == (50, 64) and m.concepts.dtype == bool
     assert m.motion.shape == (50, 6) and m.motion.dtype == np.float32
-    for name, dtype in (("key_concept", np.int16), ("colour", np.int16),
-                        ("background", np.int16), ("scene", np.int32),
-                        ("caption_id", np.int32)):
+    for name, dtype in (
+        ("key_concept", np.int16),
+        ("colour", np.int16),
+        ("background", np.int16),
+        ("scene", np.int32),
+        ("caption_id", np.int32),
+    ):
         assert getattr(m, name).dtype == dtype, name
     assert m.scene[0] == 10 and np.all(np.diff(m.scene) >= 0)
     lengths = _run_lengths(m.scene)
@@ -65,8 +69,17 @@ def test_shapes_and_dtypes() -> None:
 
 def test_determinism() -> None:
     a, b = generate_movie(100, seed=3), generate_movie(100, seed=3)
-    for name in ("frames", "concepts", "mask", "key_concept", "colour", "background",
-                 "motion", "scene", "caption_id"):
+    for name in (
+        "frames",
+        "concepts",
+        "mask",
+        "key_concept",
+        "colour",
+        "background",
+        "motion",
+        "scene",
+        "caption_id",
+    ):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert a.captions == b.captions
     assert not np.array_equal(a.frames, generate_movie(100, seed=4).frames)
@@ -183,8 +196,9 @@ def test_pan_moves_background(movie: Movie) -> None:
     """In pan scenes, shifting frame t by motion[t, 4:6] reproduces frame t + 1's background."""
     m = movie.motion
     same_scene = np.r_[movie.scene[1:] == movie.scene[:-1], False]
-    frames = np.flatnonzero(np.any(m[:, 4:] != 0, axis=1) & same_scene
-                            & (movie.concepts.sum(axis=1) == 1))[::4]
+    frames = np.flatnonzero(np.any(m[:, 4:] != 0, axis=1) & same_scene & (movie.concepts.sum(axis=1) == 1))[
+        ::4
+    ]
     assert len(frames) > 50
     h, w = movie.mask.shape[1:]
     better = []

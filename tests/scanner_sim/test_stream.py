@@ -54,11 +54,31 @@ def _receive(source_id: str, n_expected: int, timeout: float = 60.0):
 def test_round_trip_with_every_fault_visible_to_plain_pylsl(source_id, tmp_path):
     log = tmp_path / "faults.jsonl"
     proc = spawn(
-        "scanner_sim.cli", "stream", "--n-tr", str(N_TR), "--speed", str(SPEED),
-        "--source-id", source_id, "--no-stimulus-stream", "--faults.drop", "5",
-        "--faults.duplicate", "8", "--faults.nan", "11", "--faults.wrong-shape", "13",
-        "--faults.delay", "15", "--faults.delay-s", "0.35", "--faults.restart", "19",
-        "--faults.log-file", str(log),
+        "scanner_sim.cli",
+        "stream",
+        "--n-tr",
+        str(N_TR),
+        "--speed",
+        str(SPEED),
+        "--source-id",
+        source_id,
+        "--no-stimulus-stream",
+        "--faults.drop",
+        "5",
+        "--faults.duplicate",
+        "8",
+        "--faults.nan",
+        "11",
+        "--faults.wrong-shape",
+        "13",
+        "--faults.delay",
+        "15",
+        "--faults.delay-s",
+        "0.35",
+        "--faults.restart",
+        "19",
+        "--faults.log-file",
+        str(log),
     )
     try:
         # dropped: 1, duplicated: +1 → N_TR samples in all
@@ -93,7 +113,11 @@ def test_round_trip_with_every_fault_visible_to_plain_pylsl(source_id, tmp_path)
     assert restarts == 1 and {19, 20, 23} <= set(idx)
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert {(e["fault"], e["tr"]) for e in logged} == {
-        ("drop", 5), ("duplicate", 8), ("nan", 11), ("wrong_shape", 13), ("delay", 15),
+        ("drop", 5),
+        ("duplicate", 8),
+        ("nan", 11),
+        ("wrong_shape", 13),
+        ("delay", 15),
         ("restart", 19),
     }
 
@@ -103,8 +127,7 @@ def _drain(inlet: pylsl.StreamInlet, n: int, timeout: float = 30.0) -> tuple[lis
     data, stamps = [], []
     start = pylsl.local_clock()
     while len(stamps) < n and pylsl.local_clock() - start < timeout:
-        d, ts = inlet.pull_chunk(timeout=0.2, max_samples=n - len(stamps), min_samples=1,
-                                 as_numpy=True)
+        d, ts = inlet.pull_chunk(timeout=0.2, max_samples=n - len(stamps), min_samples=1, as_numpy=True)
         if len(ts):
             data.append(d)
             stamps.extend(ts)
@@ -113,8 +136,7 @@ def _drain(inlet: pylsl.StreamInlet, n: int, timeout: float = 30.0) -> tuple[lis
 
 @pytest.mark.timeout(120)
 def test_stimulus_frames_share_the_volume_clock(source_id):
-    proc = spawn("scanner_sim.cli", "stream", "--n-tr", "6", "--speed", "8",
-                 "--source-id", source_id)
+    proc = spawn("scanner_sim.cli", "stream", "--n-tr", "6", "--speed", "8", "--source-id", source_id)
     try:
         infos = pylsl.resolve_bypred(f"source_id='{source_id}-stimulus'", 1, 30)
         frames = pylsl.StreamInlet(infos[0], max_buflen=60, recover=False)
