@@ -6,6 +6,8 @@ run       receive volumes over LSL, decode and render them live, record the sess
 demo      start the simulator and the engine together; write stimulus | reconstruction video
 replay    stream a session record back over LSL (re-run any session offline)
 train     train a model bundle (``train ridge``)
+display   the live window on another machine, fed over MQTT
+listen    print the messages a session publishes over MQTT (to check a setup)
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtdecode.config import ConfigError, add_config_arguments, load_config
+from rtdecode.outputs.display import DisplayConfig
+from rtdecode.outputs.feedback import FeedbackConfig
+from rtdecode.outputs.mqtt import MqttConfig, parse_host_port
+from rtdecode.pipeline import EngineConfig
 
 __all__ = ["main"]
 
@@ -41,6 +47,70 @@ class DemoConfig:
     out: Path = field(default=Path("demo_out"), metadata={"help": "where the video and summary go"})
     bundle: Path = Path("engines/default")
     sessions: Path = Path("demo_out/sessions")
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+
+
+@dataclass(frozen=True)
+class RunConfig(EngineConfig):
+    """Settings of ``rtdecode run``: the engine's, plus its optional outputs'."""
+
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+
+
+class _HostPort(argparse.Action):
+    """``--mqtt HOST[:PORT]``: shorthand for ``--mqtt.host HOST --mqtt.port PORT``."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        try:
+            host, port = parse_host_port(value)
+        except ValueError as exc:
+            parser.error(f"{option_string}: {exc}")
+        setattr(namespace, f"{self.dest}host", host)
+        if ":" in value.lstrip("[").split("]")[-1]:
+            setattr(namespace, f"{self.dest}port", port)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Shorthands of ``run`` and ``demo`` for the outputs' ``enabled`` / ``host`` settings."""
+    p.add_argument(
+        "--mqtt",
+        metavar="HOST[:PORT]",
+        dest="cfg:mqtt.",
+        action=_HostPort,
+        default=argparse.SUPPRESS,
+        help="publish to this MQTT broker (see --mqtt.* for credentials and TLS)",
+    )
+    for name, text in (("display", "open the live window"), ("feedback", "publish the LSL feedback stream")):
+        p.add_argument(
+            f"--{name}",
+            dest=f"cfg:{name}.enabled",
+            action="store_const",
+            const=True,
+            default=argparse.SUPPRESS,
+            help=f"{text} (same as --{name}.enabled)",
+        )
+
+
+def _make_outputs(mqtt: MqttConfig, feedback: FeedbackConfig, display: DisplayConfig, engine) -> list:
+    """The outputs these settings ask for (none by default)."""
+    outputs = []
+    if display.enabled:
+        from rtdecode.outputs.display import DisplayOutput
+
+        outputs.append(DisplayOutput(display, score=feedback.score))
+    if mqtt.host:
+        from rtdecode.outputs.mqtt import MqttPublisher
+
+        outputs.append(MqttPublisher(mqtt, score=feedback.score))
+    if feedback.enabled:
+        from rtdecode.outputs.feedback import FeedbackOutlet
+
+        outputs.append(FeedbackOutlet(feedback, vocabulary=engine.bundle.manifest.get("vocabulary", [])))
+    return outputs
 
 
 def _print_summary(summary: dict) -> None:
@@ -74,12 +144,18 @@ def _run_engine(engine) -> dict:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from rtdecode.outputs.video import SideBySideVideo
-    from rtdecode.pipeline import Engine, EngineConfig
+    import dataclasses
 
-    cfg = load_config(EngineConfig, args)
+    from rtdecode.outputs.video import SideBySideVideo
+    from rtdecode.pipeline import Engine
+
+    cfg = load_config(RunConfig, args)
+    # The engine (and its record) gets the engine settings only: no broker password on disk.
+    ecfg = EngineConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(EngineConfig)})
     outputs = [SideBySideVideo(args.video)] if args.video else []
-    summary = _run_engine(Engine(cfg, outputs))
+    engine = Engine(ecfg, outputs)
+    engine.outputs += _make_outputs(cfg.mqtt, cfg.feedback, cfg.display, engine)
+    summary = _run_engine(engine)
     _print_summary(summary)
     return 0
 
@@ -143,7 +219,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             ),
         )
         video = SideBySideVideo(cfg.out / "demo.mp4", fps=float(bundle.manifest["fps"]))
-        summary = _run_engine(Engine(ecfg, [video], bundle=bundle))
+        engine = Engine(ecfg, [video], bundle=bundle)
+        engine.outputs += _make_outputs(cfg.mqtt, cfg.feedback, cfg.display, engine)
+        summary = _run_engine(engine)
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
             sim.wait(10)
@@ -180,9 +258,45 @@ def _cmd_train_ridge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker(args: argparse.Namespace) -> tuple[MqttConfig, str]:
+    """The broker settings and session (``+``: all) of ``display`` / ``listen``."""
+    cfg = load_config(MqttConfig, args)
+    if not cfg.host:
+        raise ConfigError("give the broker with --mqtt HOST[:PORT]")
+    return cfg, cfg.session or "+"
+
+
+def _cmd_display(args: argparse.Namespace) -> int:
+    from rtdecode.display_app import run_mqtt
+
+    cfg, session = _broker(args)
+    settings = {"fd_threshold": args.fd_threshold, "history": args.history, "top_concepts": args.top_concepts}
+    return run_mqtt(cfg, session, settings)
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    from rtdecode.listen import listen
+
+    cfg, session = _broker(args)
+    n = listen(cfg, session, count=args.count, timeout_s=args.timeout, max_bytes=args.max_bytes)
+    print(f"{n} messages", file=sys.stderr)
+    return 0
+
+
+def _add_broker_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p, MqttConfig)
+    p.add_argument(
+        "--mqtt",
+        metavar="HOST[:PORT]",
+        dest="cfg:",
+        action=_HostPort,
+        default=argparse.SUPPRESS,
+        help="the broker (same as --host HOST --port PORT)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rtdecode`` argument parser."""
-    from rtdecode.pipeline import EngineConfig
     from rtdecode.train.ridge import RidgeConfig
 
     parser = argparse.ArgumentParser(
@@ -193,13 +307,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the engine on an LSL volume stream")
-    add_config_arguments(p, EngineConfig)
+    add_config_arguments(p, RunConfig)
+    _add_output_flags(p)
     p.add_argument("--video", type=Path, default=None, help="also write stimulus | reconstruction here")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="simulator + engine + video, no broker or GPU needed")
     add_config_arguments(p, DemoConfig)
+    _add_output_flags(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("display", help="the live window, fed over MQTT from another machine")
+    _add_broker_arguments(p)
+    p.add_argument("--fd-threshold", type=float, default=0.5, help="framewise displacement line (mm)")
+    p.add_argument("--history", type=int, default=200, help="TRs shown in the traces")
+    p.add_argument("--top-concepts", type=int, default=8, help="concepts shown as bars")
+    p.set_defaults(func=_cmd_display)
+
+    p = sub.add_parser("listen", help="print what a session publishes over MQTT")
+    _add_broker_arguments(p)
+    p.add_argument("--count", type=int, default=0, help="stop after N messages (0: until Ctrl-C)")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after S seconds (0: never)")
+    p.add_argument("--max-bytes", type=int, default=16 << 20, help="skip larger messages")
+    p.set_defaults(func=_cmd_listen)
 
     p = sub.add_parser("replay", help="stream a session record back over LSL")
     p.add_argument("session", type=Path)

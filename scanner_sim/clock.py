@@ -29,7 +29,7 @@ class Pacer:
     """
 
     def __init__(
-        self, period: float, speed: float = 1.0, start: float | None = None, spin: float = 0.003
+        self, period: float, speed: float = 1.0, start: float | None = None, spin: float = 0.012
     ) -> None:
         if period <= 0 or speed <= 0:
             raise ValueError("period and speed must be positive")

@@ -13,7 +13,7 @@ import hashlib
 import heapq
 import json
 import logging
-import queue
+import multiprocessing as mp
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,21 +115,29 @@ def simulated_source(cfg: StreamConfig) -> StreamSource:
     return StreamSource(geometry, cfg.n_tr, run.volumes, movie.frames, cfg.stim.fps, run.motion)
 
 
+def _produce(it: Iterator[np.ndarray], q) -> None:
+    try:
+        for v in it:
+            q.put(v)
+    finally:
+        q.put(None)
+
+
 def _prefetch(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
-    """Generate volumes in a background thread so pushes are never late."""
-    q: queue.Queue = queue.Queue(depth)
-    done = object()
+    """Generate volumes ahead in a child process (forked: it inherits the generator).
 
-    def work() -> None:
-        try:
-            for v in it:
-                q.put(v)
-        finally:
-            q.put(done)
-
-    threading.Thread(target=work, daemon=True, name="volume-producer").start()
-    while (v := q.get()) is not done:
-        yield v
+    A thread would share the GIL with the pushing loop and delay pushes by milliseconds
+    (resampling a volume holds it); a separate process keeps the stream on its clock.
+    """
+    ctx = mp.get_context("fork")
+    q = ctx.Queue(depth)
+    proc = ctx.Process(target=_produce, args=(it, q), daemon=True, name="volume-producer")
+    proc.start()
+    try:
+        while (v := q.get()) is not None:
+            yield v
+    finally:
+        proc.terminate()
 
 
 class _Streamer:
@@ -175,29 +183,37 @@ class _Streamer:
         return VolumeOutlet(fast, self.cfg.name, self.source_id, np.dtype(self.cfg.dtype), extra)
 
     def _volume(self, k: int) -> np.ndarray:
+        """Volume ``k`` ready to push: faults applied, in the stream's dtype, contiguous."""
         while k not in self.buffer:
-            self.buffer[self.next_volume] = next(self.volumes)
+            raw = next(self.volumes)
+            i = self.next_volume
+            self.buffer[i] = np.ascontiguousarray(self.plan.corrupt(raw, i), self.outlet.dtype)
             self.next_volume += 1
-        return self.buffer.pop(k)
+        return self.buffer[k]
 
     def _push_volume(self, k: int, ts: float) -> None:
-        vol = self.plan.corrupt(self._volume(k), k)
+        vol = self._volume(k)
         if self.plan.has("drop", k):
             self.plan.record("drop", k)
-            return
-        copies = 2 if self.plan.has("duplicate", k) else 1
-        if copies == 2:
-            self.plan.record("duplicate", k)
-        for _ in range(copies):
-            self.outlet.push(vol, ts)
-            self.sent += 1
-            if self.sent_fh:
-                digest = hashlib.sha1(np.ascontiguousarray(vol, self.outlet.dtype).tobytes()).hexdigest()
-                line = {"tr": k, "timestamp": ts, "pushed": local_clock(), "sha1": digest}
-                self.sent_fh.write(json.dumps(line) + "\n")
-                self.sent_fh.flush()
-            if self.on_volume:
-                self.on_volume(k, ts, vol)
+        else:
+            copies = 2 if self.plan.has("duplicate", k) else 1
+            for _ in range(copies):
+                self.outlet.push(vol, ts)
+                pushed = local_clock()
+                self.sent += 1
+                self._log_sent(k, ts, pushed, vol)
+            if copies == 2:
+                self.plan.record("duplicate", k)
+        del self.buffer[k]
+
+    def _log_sent(self, k: int, ts: float, pushed: float, vol: np.ndarray) -> None:
+        if self.sent_fh:
+            digest = hashlib.sha1(vol.tobytes()).hexdigest()
+            line = {"tr": k, "timestamp": ts, "pushed": pushed, "sha1": digest}
+            self.sent_fh.write(json.dumps(line) + "\n")
+            self.sent_fh.flush()
+        if self.on_volume:
+            self.on_volume(k, ts, vol)
 
     def _restart(self, k: int) -> None:
         self.plan.record("restart", k, pause_s=self.cfg.faults.restart_pause_s)
@@ -217,6 +233,8 @@ class _Streamer:
             if self.plan.has("restart", k):
                 events.append((due - 1e-4, 0, "restart", k, 0))
             events.append((due, 1, "volume", k, 0))
+            # Fetch and convert it half a TR early: CPU work at a push's deadline delays it.
+            events.append((pacer.deadline(k + 0.5), 3, "prepare", k, 0))
             if self.frame_outlet is not None:
                 events.extend((pacer.deadline(k + j / f), 2, "frame", k, k * f + j) for j in range(f))
         heapq.heapify(events)
@@ -228,6 +246,8 @@ class _Streamer:
         if self.frame_outlet is not None:
             # A display subscribes to both streams; give it a moment to join the second.
             self.frame_outlet.outlet.wait_for_consumers(min(self.cfg.wait_consumer_s, 1.0))
+        if self.src.n_tr:
+            self._volume(0)  # wait for the first volume before the clock starts
         pacer = Pacer(self.src.geometry.tr, self.cfg.speed, start=local_clock() + 0.2)
         events = self.schedule(pacer)
         log.info(
@@ -243,6 +263,8 @@ class _Streamer:
                     self._push_volume(k, pacer.deadline(k + 1))
                 elif kind == "frame":
                     self.frame_outlet.push(self.src.frames[j], due)
+                elif kind == "prepare":
+                    self._volume(k)
                 else:
                     self._restart(k)
             # Closing at once could cut off the last samples still in the outlet's buffers.
