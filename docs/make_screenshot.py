@@ -89,13 +89,12 @@ def main() -> int:
                 window.handle(feed.get_nowait())
             except queue.Empty:
                 break
-        # grab mid-clip, after a few frames have played, so traces and frames are current
-        if window.clip_tr >= args.at_tr and len(window.playback) <= window.frames_per_clip // 2:
+        if window.clip_tr >= args.at_tr:
             cv2.imwrite(str(args.out), window.grab_rgb()[..., ::-1])
             print(f"wrote {args.out} at TR {window.tr} (clip TR {window.clip_tr})")
             qt.quit()
         elif time.monotonic() > deadline or (not runner.is_alive() and feed.empty()):
-            print("the session ended before the screenshot TR", file=sys.stderr)
+            print(f"the session ended before the screenshot TR: {done}", file=sys.stderr)
             qt.exit(1)
 
     timer = QtCore.QTimer()

@@ -137,7 +137,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group("settings (override the TOML file)")
     for dotted, tp, f in _walk(cls):
         flag = "--" + dotted.replace("_", "-")
-        helptext = f.metadata.get("help", "")
+        helptext = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         inner, _ = _strip_optional(tp)
         kwargs: dict[str, Any] = {"dest": f"cfg:{dotted}", "default": argparse.SUPPRESS}
         if inner is bool:

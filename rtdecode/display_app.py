@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -54,37 +55,6 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
 __all__ = ["DisplayWindow", "app", "ensure_platform", "run_mqtt", "run_window"]
 
 
-def _pin_singletons_if_qt_leaks() -> None:
-    """Work around PySide6 builds that drop references to ``None``, ``True`` and ``False``.
-
-    Seen with the abi3 wheels of PySide6 6.12.0 on CPython 3.11: every ``Signal.emit()``
-    decrements ``True``'s reference count and every void method (``setInterval``, ...)
-    ``None``'s, as if the singletons were immortal. pyqtgraph calls such methods many times
-    per update, so after a few thousand updates the interpreter aborts ("none_dealloc" /
-    "bool_dealloc"). CPython 3.12+ makes these singletons immortal (PEP 683); here we do the
-    same — once, only when a probe shows the leak — by raising their counts out of reach.
-    """
-    if sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
-        return
-
-    class Probe(QtCore.QObject):
-        signal = QtCore.Signal()
-
-    probe = Probe()
-    before = sys.getrefcount(True), sys.getrefcount(None)
-    for _ in range(20):
-        probe.signal.emit()
-        probe.setObjectName("probe")
-    after = sys.getrefcount(True), sys.getrefcount(None)
-    if any(b - a >= 15 for a, b in zip(after, before)):
-        import ctypes
-
-        for obj in (None, True, False):  # ob_refcnt is the first field of every CPython object
-            ctypes.c_ssize_t.from_address(id(obj)).value += 1 << 40
-        log.debug("this PySide6 build leaks references to None/True; pinned them")
-
-
-_pin_singletons_if_qt_leaks()
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="#101418", foreground="#d0d4d8")
 
@@ -174,7 +144,8 @@ class DisplayWindow(QtWidgets.QWidget):
         self.faults: Counter[str] = Counter()
         self.last_fault = ""
         self.high_fd = 0
-        self.playback: deque[tuple[np.ndarray, np.ndarray | None]] = deque()
+        self.shown_tr = -1
+        self.playback: deque[tuple[int, np.ndarray, np.ndarray | None]] = deque()
         self.frames_per_clip = 16
         self._build(history)
         self.timer = QtCore.QTimer(self)
@@ -298,7 +269,7 @@ class DisplayWindow(QtWidgets.QWidget):
             self.frames_per_clip = len(frames)
             self._set_rate(self.fps)
         was_idle = not self.playback
-        self.playback.extend(zip(list(frames), _resample(stimulus, len(frames))))
+        self.playback.extend((tr, f, s) for f, s in zip(frames, _resample(stimulus, len(frames))))
         # Stay at most one clip behind the newest: the stream keeps up with the scanner.
         while len(self.playback) > 2 * len(frames):
             self.playback.popleft()
@@ -311,9 +282,11 @@ class DisplayWindow(QtWidgets.QWidget):
         """Show the next buffered frame (the playback timer's slot); hold the last one if none."""
         if not self.playback:
             return
-        frame, stim = self.playback.popleft()
+        if len(self.playback) > 1.5 * self.frames_per_clip:
+            self.playback.popleft()  # behind by more than half a clip: skip a frame to catch up
+        self.shown_tr, frame, stim = self.playback.popleft()
         self.recon_item.setImage(frame, autoLevels=False, levels=(0, 255))
-        self.recon_label.setText(f"reconstruction — TR {self.clip_tr}")
+        self.recon_label.setText(f"reconstruction — TR {self.shown_tr}")
         if stim is not None:
             self.stim_item.setImage(stim, autoLevels=False, levels=(0, 255))
             self.no_stimulus.setVisible(False)
@@ -429,7 +402,7 @@ class DisplayWindow(QtWidgets.QWidget):
         tr = self.tr if self.tr >= 0 else "—"
         clip_tr = self.clip_tr if self.clip_tr >= 0 else "—"
         self.header.setText(
-            f"<b>TR {tr}</b> &nbsp; clip TR {clip_tr}"
+            f"<b>TR {tr}</b> &nbsp; decoded TR {clip_tr}"
             f" &nbsp; <span style='color:{colour}'>● {health}</span>{fb}"
             f" &nbsp; <span style='color:#8a9096'>{self.session} {self.stream}</span>"
         )
@@ -545,7 +518,9 @@ def run_window(source: Any, settings: dict[str, Any] | None = None) -> int:
 
     timer = QtCore.QTimer()
     timer.timeout.connect(tick)
-    timer.start(20)
+    timer.start(20)  # also lets Python run signal handlers while Qt's loop runs
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: qt.quit())
     return qt.exec()
 
 

@@ -162,6 +162,16 @@ class Engine:
             return None
         return clock.t0 + tr * clock.interval
 
+    def stimulus_frames(self, tr: int, n: int) -> np.ndarray | None:
+        """The ``n`` stimulus frames shown during stimulus TR ``tr`` (None without a stimulus
+        stream or before any frame of that TR arrived)."""
+        if self.frames is None or (end := self.tr_end_time(tr)) is None:
+            return None
+        shown = self.frames.between(end - self.ingest.interval, end)
+        if len(shown) == 0:
+            return None
+        return shown[np.minimum(np.arange(n) * len(shown) // n, len(shown) - 1)]
+
     # ------------------------------------------------------------------ thread → loop
     def _on_volume(self, vol: Volume) -> None:
         """Ingest thread: record first, then hand over to the loop."""
@@ -254,6 +264,8 @@ class Engine:
             cond.degraded = degraded
             cond.stamps = vol.stamps
             self.record.write_conditions(stim_tr, cond.to_dict())
+            for out in self.outputs:
+                out.decoded(cond)
             self.render_slot.put((cond, vol))
         self.render_slot.close()
 

@@ -18,7 +18,15 @@ if TYPE_CHECKING:
     from rtdecode.pipeline import Engine
     from rtdecode.preprocess import Preprocessed
 
-__all__ = ["ClipResult", "Output"]
+__all__ = ["ClipResult", "Output", "session_name"]
+
+
+def session_name(engine: Engine, given: str = "") -> str:
+    """The session's name: ``given`` or the record directory's name (MQTT-topic safe)."""
+    name = given or (engine.record.path.name if engine.record is not None else "session")
+    for bad in "/+#":
+        name = name.replace(bad, "_")
+    return name
 
 
 @dataclass
@@ -56,6 +64,9 @@ class Output:
 
     def preprocessed(self, tr: int, result: Preprocessed, status: dict[str, Any]) -> None:
         """Called for every preprocessed TR with its health summary."""
+
+    def decoded(self, conditions: Conditions) -> None:
+        """Called for every decoded TR (before rendering, which may drop it under load)."""
 
     def clip(self, result: ClipResult) -> None:
         """Called for every rendered clip."""

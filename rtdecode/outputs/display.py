@@ -9,6 +9,7 @@ the output notices, logs it once and stops sending — the run goes on.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing as mp
 import os
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from rtdecode.pipeline import Engine
     from rtdecode.preprocess import Preprocessed
 
-__all__ = ["DisplayConfig", "DisplayOutput", "stimulus_frames"]
+__all__ = ["DisplayConfig", "DisplayOutput"]
 
 log = logging.getLogger("rtdecode.outputs.display")
 
@@ -40,17 +41,6 @@ class DisplayConfig:
     history: int = field(default=200, metadata={"help": "TRs shown in the traces"})
     top_concepts: int = field(default=8, metadata={"help": "concepts shown as bars"})
     queue: int = field(default=32, metadata={"help": "messages waiting for the window at most"})
-
-
-def stimulus_frames(engine: Engine, tr: int, n: int) -> np.ndarray | None:
-    """The ``n`` stimulus frames shown during stimulus TR ``tr`` (None without a stimulus stream)."""
-    if engine.frames is None or (end := engine.tr_end_time(tr)) is None:
-        return None
-    shown = engine.frames.between(end - engine.ingest.interval, end)
-    if len(shown) == 0:
-        return None
-    idx = np.minimum(np.arange(n) * len(shown) // n, len(shown) - 1)
-    return shown[idx]
 
 
 def _window_main(source: Any, settings: dict[str, Any]) -> None:
@@ -74,6 +64,11 @@ class DisplayOutput(Output):
         this process — tests, screenshots).
     score
         The feedback score shown in the header (see :mod:`rtdecode.outputs.feedback`).
+
+    Notes
+    -----
+    The window process is started with ``spawn``, which re-imports the main module: a script
+    that uses this output must keep its top-level code under ``if __name__ == "__main__":``.
     """
 
     name = "display"
@@ -81,6 +76,10 @@ class DisplayOutput(Output):
     def __init__(
         self, config: DisplayConfig = DisplayConfig(), sink: Any = None, score: str = "similarity"
     ) -> None:
+        if sink is None and not all(importlib.util.find_spec(m) for m in ("pyqtgraph", "PySide6")):
+            raise RuntimeError(
+                "the live display needs pyqtgraph and PySide6: pip install 'rtdecode[display]'"
+            )
         self.cfg = config
         self.sink = sink
         self.score_spec = score
@@ -152,7 +151,7 @@ class DisplayOutput(Output):
                 "kind": "clip",
                 "tr": result.tr,
                 "frames": frames,
-                "stimulus": stimulus_frames(self.engine, result.tr, len(frames)),
+                "stimulus": self.engine.stimulus_frames(result.tr, len(frames)),
                 "stamps": dict(result.stamps),
             }
         )

@@ -27,12 +27,12 @@ import numpy as np
 import pylsl
 
 from rtdecode.conditions import Conditions
-from rtdecode.outputs import ClipResult, Output
+from rtdecode.outputs import Output, session_name
 
 if TYPE_CHECKING:
     from rtdecode.pipeline import Engine
 
-__all__ = ["FEEDBACK_STREAM_TYPE", "FeedbackConfig", "FeedbackOutlet", "FeedbackScore", "session_name"]
+__all__ = ["FEEDBACK_STREAM_TYPE", "FeedbackConfig", "FeedbackOutlet", "FeedbackScore"]
 
 log = logging.getLogger("rtdecode.outputs.feedback")
 
@@ -50,14 +50,6 @@ class FeedbackConfig:
     source_id: str = field(
         default="", metadata={"help": "LSL source id (default: rtdecode-feedback-<session>)"}
     )
-
-
-def session_name(engine: Engine, given: str = "") -> str:
-    """The session's name: ``given`` or the record directory's name (MQTT-topic safe)."""
-    name = given or (engine.record.path.name if engine.record is not None else "session")
-    for bad in "/+#":
-        name = name.replace(bad, "_")
-    return name
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -191,14 +183,13 @@ class FeedbackOutlet(Output):
                 "the feedback outlet was opened with another vocabulary than the engine's bundle"
             )
 
-    def clip(self, result: ClipResult) -> None:
+    def decoded(self, conditions: Conditions) -> None:
         if self.outlet is None:
             return
-        cond = result.conditions
         sample = np.empty(1 + len(self.score.vocabulary), np.float32)
-        sample[0] = self.score(cond)
-        sample[1:] = self.score.concepts(cond)
-        stamp = result.stamps.get("acquired", 0.0)
+        sample[0] = self.score(conditions)
+        sample[1:] = self.score.concepts(conditions)
+        stamp = conditions.stamps.get("acquired", 0.0)
         # push_sample copies into liblsl's buffer and returns: it never waits for a consumer.
         self.outlet.push_sample(sample, stamp)
         self.sent += 1

@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,9 +37,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import cv2
 import numpy as np
 
-from rtdecode.conditions import SCHEMA_VERSION, pack
-from rtdecode.outputs import ClipResult, Output
-from rtdecode.outputs.feedback import FeedbackScore, session_name
+from rtdecode.conditions import SCHEMA_VERSION, Conditions, pack
+from rtdecode.outputs import ClipResult, Output, session_name
+from rtdecode.outputs.feedback import FeedbackScore
 from rtdecode.volume import Event
 
 if TYPE_CHECKING:
@@ -199,18 +198,20 @@ class Message:
 class OutgoingBuffer:
     """A thread-safe bounded FIFO that sheds the oldest clip first, then the oldest message.
 
-    The message being published (:meth:`peek`) is never shed; it leaves with :meth:`done`.
+    Messages being published (taken with :meth:`take`) are never shed; one leaves the buffer
+    with :meth:`done` once published, or returns to the queue with :meth:`release_all` when
+    the connection broke before the broker had it.
 
     Parameters
     ----------
     maxlen
-        Messages held at most.
+        Messages held at most (in flight included).
     """
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = max(int(maxlen), 2)
         self.items: deque[Message] = deque()
-        self.inflight: Message | None = None
+        self.inflight: set[int] = set()  # ids of the messages being published
         self.dropped: Counter[str] = Counter()
         self.lock = threading.Lock()
 
@@ -222,29 +223,34 @@ class OutgoingBuffer:
         with self.lock:
             shed = None
             if len(self.items) >= self.maxlen:
-                candidates = [m for m in self.items if m is not self.inflight]
-                shed = next(
-                    (m for m in candidates if m.kind == "clip"), candidates[0] if candidates else None
-                )
+                idle = [m for m in self.items if id(m) not in self.inflight]
+                shed = next((m for m in idle if m.kind == "clip"), idle[0] if idle else None)
                 if shed is not None:
                     self.items.remove(shed)
                     self.dropped[shed.kind] += 1
             self.items.append(msg)
             return shed
 
-    def peek(self) -> Message | None:
-        """The oldest message, now in flight (None when empty)."""
+    def take(self) -> Message | None:
+        """The oldest message not yet in flight, now in flight (None if there is none)."""
         with self.lock:
-            self.inflight = self.items[0] if self.items else None
-            return self.inflight
+            for m in self.items:
+                if id(m) not in self.inflight:
+                    self.inflight.add(id(m))
+                    return m
+            return None
 
     def done(self, msg: Message) -> None:
         """Remove a message that was published (or could not be encoded)."""
         with self.lock:
             with contextlib.suppress(ValueError):
                 self.items.remove(msg)
-            if self.inflight is msg:
-                self.inflight = None
+            self.inflight.discard(id(msg))
+
+    def release_all(self) -> None:
+        """Put every message in flight back in the queue (the connection broke)."""
+        with self.lock:
+            self.inflight.clear()
 
 
 class _Disconnected(Exception):
@@ -270,10 +276,16 @@ class MqttPublisher(Output):
     """
 
     name = "mqtt"
+    WINDOW = 16  # publishes in flight at once
 
     def __init__(self, config: MqttConfig, score: str = "similarity") -> None:
         if not config.host:
             raise ValueError("MqttPublisher needs a broker host (--mqtt HOST[:PORT])")
+        try:  # import now, not in the publisher thread while TRs arrive (it holds the GIL)
+            import aiomqtt  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError("MQTT publishing needs aiomqtt: pip install 'rtdecode[mqtt]'") from exc
+
         self.cfg = config
         self.score_spec = score
         self.buffer = OutgoingBuffer(config.buffer)
@@ -315,12 +327,22 @@ class MqttPublisher(Output):
         self.last_tr = max(self.last_tr, tr)
         self._put("status", {**status, "state": "running", "engine": self._health()}, qos=1, retain=True)
 
+    def decoded(self, conditions: Conditions) -> None:
+        # Published as soon as decoded: rendering may still drop this TR under load.
+        body = conditions.to_dict()
+        body["stamps"] = dict(conditions.stamps)  # a snapshot: later stages add stamps
+        self._put("conditions", body, qos=1)
+        feedback = {
+            "tr": conditions.tr,
+            "source_tr": conditions.source_tr,
+            "score": self.score(conditions),
+            "kind": self.score_spec,
+            "acquired": conditions.stamps.get("acquired"),
+        }
+        self._put("feedback", feedback, qos=0)
+
     def clip(self, result: ClipResult) -> None:
         self.clips += 1
-        cond = result.conditions
-        body = cond.to_dict()
-        body["stamps"] = dict(result.stamps)  # the engine adds stamps after this hook
-        self._put("conditions", body, qos=1)
         if self.cfg.clip_format != "none":
             clip = {
                 "tr": result.tr,
@@ -329,14 +351,6 @@ class MqttPublisher(Output):
                 "frames": np.array(result.clip),
             }
             self._put("clip", clip, qos=0)
-        feedback = {
-            "tr": result.tr,
-            "source_tr": result.source_tr,
-            "score": self.score(cond),
-            "kind": self.score_spec,
-            "acquired": result.stamps.get("acquired"),
-        }
-        self._put("feedback", feedback, qos=0)
 
     def event(self, event: Event) -> None:
         self.events[event.kind] += 1
@@ -369,7 +383,8 @@ class MqttPublisher(Output):
         shed = self.buffer.put(Message(kind, body, qos, retain))
         if shed is not None and sum(self.buffer.dropped.values()) in (1, 10, 100, 1000):
             log.warning("MQTT buffer full: %s messages dropped so far", dict(self.buffer.dropped))
-        self._notify()
+        if len(self.buffer) == 1:  # the publisher waits only on an empty buffer: wake it once
+            self._notify()
 
     def _notify(self) -> None:
         loop, wake = self._loop, self._wake
@@ -379,13 +394,15 @@ class MqttPublisher(Output):
 
     def stats(self) -> dict[str, Any]:
         """Publisher health: state, connects, sent, dropped, buffered, queue→ack latency."""
-        lat = np.array(self.latency_ms) if self.latency_ms else None
+        lat = np.array(list(self.latency_ms)) if self.latency_ms else None
+        with self.buffer.lock:  # the hooks may add a key meanwhile
+            dropped = dict(self.buffer.dropped)
         return {
             "state": self.state,
             "error": self.error,
             "connects": self.connects,
             "sent": dict(self.sent),
-            "dropped": dict(self.buffer.dropped),
+            "dropped": dropped,
             "buffered": len(self.buffer),
             "latency_ms": {
                 "p50": float(np.percentile(lat, 50)),
@@ -465,16 +482,30 @@ class MqttPublisher(Output):
         self.state, self.error = state, error
 
     async def _pump(self, client: aiomqtt.Client) -> None:
-        """Publish buffered messages until closing (and flushed); raises when disconnected."""
+        """Publish buffered messages until closing (and flushed); raises when disconnected.
+
+        Up to ``WINDOW`` publishes are in flight at once (paho writes them in order), so a
+        broker round trip per QoS-1 message does not limit the rate.
+        """
+        client.pending_calls_threshold = self.WINDOW + 4  # aiomqtt warns above this
         watcher = asyncio.ensure_future(self._watch(client))
+        tasks: set[asyncio.Task] = set()
         try:
             while True:
+                for task in [t for t in tasks if t.done()]:
+                    tasks.discard(task)
+                    task.result()  # a failed publish: reconnect and resend
+                if watcher.done():
+                    watcher.result()
+                    raise _Disconnected("connection closed")
+                if self._closing.is_set() and (not len(self.buffer) or time.monotonic() > self._deadline):
+                    return
                 self._wake.clear()
-                msg = self.buffer.peek()
-                if msg is None or time.monotonic() > self._deadline:
-                    if self._closing.is_set():
-                        return
-                    await self._race(self._wake.wait(), watcher)
+                msg = self.buffer.take() if len(tasks) < self.WINDOW else None
+                if msg is None:
+                    wake = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait({wake, watcher, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+                    wake.cancel()
                     continue
                 try:
                     payload = self._encode(msg)
@@ -482,29 +513,23 @@ class MqttPublisher(Output):
                     log.error("MQTT: cannot encode a %s message, dropped: %s", msg.kind, exc)
                     self.buffer.done(msg)
                     continue
-                publish = client.publish(self.topic + msg.kind, payload, qos=msg.qos, retain=msg.retain)
-                await self._race(publish, watcher)
-                self.buffer.done(msg)
-                self.sent[msg.kind] += 1
-                self.latency_ms.append((time.monotonic() - msg.queued) * 1000.0)
+                tasks.add(asyncio.ensure_future(self._publish(client, msg, payload)))
         finally:
+            for task in tasks:
+                task.cancel()
             if watcher.done() and not watcher.cancelled():
                 watcher.exception()  # retrieved: no "exception was never retrieved" noise
             watcher.cancel()
+            self.buffer.release_all()
+
+    async def _publish(self, client: aiomqtt.Client, msg: Message, payload: bytes) -> None:
+        await client.publish(self.topic + msg.kind, payload, qos=msg.qos, retain=msg.retain)
+        self.buffer.done(msg)
+        self.sent[msg.kind] += 1
+        self.latency_ms.append((time.monotonic() - msg.queued) * 1000.0)
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:
         # Iterating the (unused) incoming queue raises MqttError as soon as the connection drops.
         async for _ in client.messages:
             pass
-
-    @staticmethod
-    async def _race(work: Awaitable[Any], watcher: asyncio.Future) -> Any:
-        task = asyncio.ensure_future(work)
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        task.cancel()
-        if watcher.done() and watcher.exception() is not None:
-            raise watcher.exception()
-        raise _Disconnected("connection closed")

@@ -7,8 +7,6 @@ import queue
 import threading
 from pathlib import Path
 
-import numpy as np
-
 from rtdecode.outputs import ClipResult, Output
 from rtdecode.video import side_by_side, upscale, write_video
 
@@ -56,20 +54,9 @@ class SideBySideVideo(Output):
 
         self.frames_written = write_video(self.path, frames(), self.fps)
 
-    def stimulus(self, tr: int, n: int) -> np.ndarray | None:
-        """The ``n`` frames shown during stimulus TR ``tr`` (None without a stimulus stream)."""
-        engine = self.engine
-        if engine.frames is None or (end := engine.tr_end_time(tr)) is None:
-            return None
-        shown = engine.frames.between(end - engine.ingest.interval, end)
-        if len(shown) == 0:
-            return np.zeros((n, *engine.frames.size, 3), np.uint8)
-        idx = np.minimum(np.arange(n) * len(shown) // n, len(shown) - 1)
-        return shown[idx]
-
     def clip(self, result: ClipResult) -> None:
         clip = result.clip
-        stim = self.stimulus(result.tr, len(clip))
+        stim = self.engine.stimulus_frames(result.tr, len(clip))
         if stim is not None:
             frames = side_by_side(
                 upscale(stim, self.scale),

@@ -58,7 +58,7 @@ def test_shown_frame_is_the_current_reconstruction(window):
         window.advance()
     img = window.grab_rgb()
     assert np.allclose(_mean(img, window.region("reconstruction")), (30, 60, 250), atol=2)
-    assert window.clip_tr == 6
+    assert window.clip_tr == 6 and window.shown_tr == 6
 
 
 def test_motion_trace_moves(window):
@@ -106,7 +106,7 @@ def _window_process(engine_pid: int, timeout: float = 30.0) -> psutil.Process:
     raise AssertionError("the display process did not start")
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # includes building tiny_bundle when first
 def test_run_display_survives_its_window_being_killed(tiny_bundle, source_id, tmp_path, monkeypatch):
     monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
     sessions = tmp_path / "sessions"
@@ -138,3 +138,28 @@ def test_run_display_survives_its_window_being_killed(tiny_bundle, source_id, tm
     rec = open_record(path)
     assert rec.status == "closed" and len(rec.volumes) == 30
     assert "received_to_clip" in out
+
+
+def test_mqtt_feed_drives_the_same_window(window):
+    """What `rtdecode display --mqtt` does with decoded messages, without a broker."""
+    import queue
+
+    from rtdecode.display_app import _MqttFeed, _pump
+    from rtdecode.outputs.mqtt import encode_frames
+
+    q: queue.Queue = queue.Queue(64)
+    feed = _MqttFeed(q, "+")
+    stream = {"name": "sim", "interval_s": 0.2}
+    feed("old", "status", {"schema": 1, "state": "stopped", "tr": 99})  # a retained, finished session
+    feed("s1", "status", {"schema": 1, "state": "running", "tr": -1, "engine": {"stream": stream}})
+    feed("s1", "status", {"schema": 1, "state": "running", "tr": 0, "motion": [0.0] * 6, "fd": 0.0})
+    feed("s1", "clip", {"schema": 1, "tr": 4, "fps": 8.0, **encode_frames(_solid((250, 120, 0)), "png")})
+    feed("s1", "conditions", {"schema": 1, "tr": 4, "caption": "a ball"})
+    feed("s1", "feedback", {"schema": 1, "tr": 4, "score": 0.5})
+    feed("other", "clip", {"schema": 1, "tr": 7, "fps": 8.0, **encode_frames(_solid((0, 0, 0)), "png")})
+    feed("s1", "clip", {"schema": 1, "tr": 5, "encoding": "png", "shape": [1, 2, 2, 3], "frames": [b"junk"]})
+    _pump(window, q, lambda: None)
+    assert window.session == "s1" and window.clip_tr == 4 and window.feedback == 0.5
+    assert "a ball" in window.caption.text()
+    img = window.grab_rgb()
+    assert np.allclose(_mean(img, window.region("reconstruction")), (250, 120, 0), atol=2)

@@ -25,7 +25,7 @@ class Clips(Output):
         self.stamps[result.tr] = result.stamps["acquired"]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)  # includes building tiny_bundle when first
 def test_plain_inlet_gets_one_sample_per_decoded_tr(tiny_bundle, source_id, tmp_path):
     vocabulary = load_bundle(tiny_bundle).manifest["vocabulary"]
     # Opened before the run (a session id is given), so the inlet connects before the scan starts.

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +30,7 @@ from rtdecode.outputs import ClipResult, Output
 from rtdecode.outputs.mqtt import MqttConfig, MqttPublisher, OutgoingBuffer, decode_frames
 from rtdecode.pipeline import Engine, EngineConfig
 from rtdecode.record import open_record
-from tests.conftest import cli, spawn
+from tests.conftest import ROOT, cli, spawn
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 pytestmark = pytest.mark.skipif(
@@ -45,10 +47,35 @@ def _free_port() -> int:
 class Broker:
     """A Mosquitto process on a fixed local port; can be stopped and restarted."""
 
-    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None, tls: bool = False) -> None:
         self.port = _free_port()
         self.dir = workdir
         lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr"]
+        if tls:  # a self-signed certificate for 127.0.0.1, which is also the CA clients trust
+            self.cert = workdir / "broker.crt"
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-keyout",
+                    str(workdir / "broker.key"),
+                    "-out",
+                    str(self.cert),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            lines += [f"certfile {self.cert}", f"keyfile {workdir / 'broker.key'}"]
         if users:
             pw = workdir / "passwd"
             for i, (user, password) in enumerate(users.items()):
@@ -98,10 +125,20 @@ def auth_broker(tmp_path):
     b.stop()
 
 
+@pytest.fixture
+def tls_broker(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    b = Broker(tmp_path, tls=True)
+    b.start()
+    yield b
+    b.stop()
+
+
 class Subscriber:
     """A plain paho subscriber (reconnects on its own) that decodes everything it receives."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, ca: Path | None = None) -> None:
         self.messages: list[tuple[float, str, str, dict, bool]] = []
         self.malformed: list[str] = []
         self.lock = threading.Lock()
@@ -112,6 +149,8 @@ class Subscriber:
         self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
         self.client.connect("127.0.0.1", port, keepalive=5)
         self.client.loop_start()
         assert self.subscribed.wait(10)
@@ -189,7 +228,7 @@ def _usable(summary) -> int:
     return summary["volumes"]["ok"] + summary["volumes"]["late"]
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)  # includes building tiny_bundle when first
 def test_every_status_and_conditions_message_arrives(broker, tiny_bundle, source_id, tmp_path):
     session = f"t{uuid.uuid4().hex[:8]}"
     sub = Subscriber(broker.port, f"rtdecode/{session}/#")
@@ -231,7 +270,7 @@ def test_every_status_and_conditions_message_arrives(broker, tiny_bundle, source
         late.close()
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 def test_broker_restart_mid_run_resumes_publishing(broker, tiny_bundle, source_id, tmp_path):
     session = f"t{uuid.uuid4().hex[:8]}"
     sub = Subscriber(broker.port, f"rtdecode/{session}/#")
@@ -264,7 +303,7 @@ def test_broker_restart_mid_run_resumes_publishing(broker, tiny_bundle, source_i
     with sub.lock:
         after = [m for m in sub.messages if m[0] > times["restarted"]]
     trs_after = {m[3]["tr"] for m in after if m[2] == "status" and m[3]["state"] == "running"}
-    assert max(trs_after) == 59 and len(trs_after) >= 30
+    assert max(trs_after) == 59 and len(trs_after) >= 20
     assert {m[2] for m in after} >= {"status", "conditions", "clip", "feedback"}
     first = min(m[0] for m in after)
     print(
@@ -272,7 +311,7 @@ def test_broker_restart_mid_run_resumes_publishing(broker, tiny_bundle, source_i
     )
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_wrong_password_is_refused_and_the_engine_runs_on(
     auth_broker, tiny_bundle, source_id, tmp_path, caplog
 ):
@@ -325,6 +364,16 @@ def test_listen_prints_valid_messages_and_skips_malformed(broker):
     )
     assert "rtdecode/x/status" in res.stdout and "state=stopped" in res.stdout and "tr=41" in res.stdout
     assert res.stderr.count("skipping a malformed message") == 2
+    # the documented third-party subscriber (plain paho + msgpack) reads the same messages
+    example = subprocess.run(
+        [sys.executable, "docs/subscriber_example.py", "--port", str(broker.port), "--count", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert "[x] status: state stopped, TR 41" in example.stdout
+    assert example.stdout.count("skipped a malformed message") == 2
 
 
 def _fake_engine(tmp_path):
@@ -342,17 +391,21 @@ def test_hooks_never_wait_for_an_absent_broker(tmp_path):
     pub = MqttPublisher(cfg)
     pub.start(_fake_engine(tmp_path))
     clip = np.zeros((4, 64, 64, 3), np.uint8)
-    worst = 0.0
+    took = []
     for tr in range(200):
         t = time.perf_counter()
         pub.preprocessed(tr, None, {"tr": tr, "fd": 0.0, "motion": [0.0] * 6})
         cond = Conditions(tr, tr + 3, blurry=np.zeros((2, 4, 4, 3), np.float32))
         pub.clip(ClipResult(tr, tr + 3, clip, cond, {"acquired": 1.0}))
-        worst = max(worst, time.perf_counter() - t)
-    assert worst < 0.005  # hooks only enqueue
+        took.append(time.perf_counter() - t)
+    # hooks only enqueue: well under a millisecond, never the connect timeout (GIL waits aside)
+    assert np.median(took) < 0.002 and max(took) < 0.05
     assert len(pub.buffer) == 20 and pub.buffer.dropped["clip"] >= 195
     assert sum(pub.buffer.dropped.values()) == 1 + 4 * 200 - 20  # bounded: all but 20 shed
-    assert pub.state in ("connecting", "disconnected") and "unreachable" in pub.error
+    deadline = time.monotonic() + 10
+    while pub.state != "disconnected" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pub.state == "disconnected" and "unreachable" in pub.error
     t = time.monotonic()
     pub.close()
     assert time.monotonic() - t < 3
@@ -362,14 +415,72 @@ def test_buffer_sheds_oldest_clip_first_then_oldest_message():
     from rtdecode.outputs.mqtt import Message
 
     buf = OutgoingBuffer(4)
-    msgs = [Message(k, {"i": i}, 0) for i, k in enumerate(["status", "clip", "conditions", "clip"])]
+    msgs = [Message(k, {"i": i}, 0) for i, k in enumerate(["clip", "clip", "conditions", "clip"])]
     for m in msgs:
         assert buf.put(m) is None
-    assert buf.peek() is msgs[0]  # in flight: never shed
+    assert buf.take() is msgs[0]  # in flight: never shed
     assert buf.put(Message("status", {"i": 4}, 1)) is msgs[1]
     assert buf.put(Message("status", {"i": 5}, 1)) is msgs[3]
-    shed = buf.put(Message("status", {"i": 6}, 1))
-    assert shed is msgs[2]  # no clip left: the oldest message not in flight
+    assert buf.put(Message("status", {"i": 6}, 1)) is msgs[2]  # no idle clip left: the oldest idle
     assert buf.dropped == {"clip": 2, "conditions": 1}
+    assert buf.take().body["i"] == 4  # the next one not in flight
+    buf.release_all()  # the connection broke: both go out again, in order
+    assert [buf.take().body["i"] for _ in range(2)] == [0, 4]
     buf.done(msgs[0])
     assert [m.body["i"] for m in buf.items] == [4, 5, 6]
+
+
+def test_display_command_subscribes_and_survives_malformed_messages(broker, monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    proc = spawn("rtdecode.cli", "display", "--mqtt", f"127.0.0.1:{broker.port}", "--session", "s")
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    pubc = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    try:
+        deadline = time.monotonic() + 30
+        while "subscribed to rtdecode/s/#" not in "".join(lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pubc.connect("127.0.0.1", broker.port)
+        pubc.loop_start()
+        for topic, payload in (
+            ("rtdecode/s/clip", b"\x93garbage"),
+            ("rtdecode/s/status", pack({"schema": SCHEMA_VERSION, "state": "running", "tr": 3, "fd": 0.1})),
+        ):
+            pubc.publish(topic, payload, qos=1).wait_for_publish(5)
+        time.sleep(1.0)
+        assert proc.poll() is None  # still showing
+    finally:
+        pubc.loop_stop()
+        pubc.disconnect()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C closes the window
+        try:
+            proc.wait(10)
+        finally:
+            proc.kill()
+    err = "".join(lines)
+    assert "subscribed to rtdecode/s/#" in err and proc.returncode == 0
+    assert "skipping a malformed message on rtdecode/s/clip" in err
+
+
+def test_tls_publishing_and_an_untrusted_certificate(tls_broker, tmp_path):
+    sub = Subscriber(tls_broker.port, "rtdecode/tls/status", ca=tls_broker.cert)
+    good = MqttPublisher(
+        MqttConfig(host="127.0.0.1", port=tls_broker.port, session="tls", ca_file=tls_broker.cert)
+    )
+    bad = MqttPublisher(
+        MqttConfig(host="127.0.0.1", port=tls_broker.port, session="tls2", tls=True, close_timeout_s=0.5)
+    )
+    try:
+        good.start(_fake_engine(tmp_path))
+        bad.start(_fake_engine(tmp_path))
+        assert sub.wait_for(lambda: sub.of("status"), 10)  # the start status, over TLS
+        assert sub.of("status")[0]["state"] == "running"
+        deadline = time.monotonic() + 10
+        while bad.state != "disconnected" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "certificate verify failed" in bad.error  # system CAs do not trust it
+    finally:
+        good.close()
+        bad.close()
+        sub.close()
+    assert good.connects == 1 and good.sent["status"] == 2  # start + stopped
