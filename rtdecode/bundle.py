@@ -142,14 +142,19 @@ def save_bundle(
     manifest: dict[str, Any],
     tensors: dict[str, np.ndarray],
     weights: str = "weights.safetensors",
+    include: tuple[str, ...] = (),
 ) -> Bundle:
-    """Write a bundle (tensors to safetensors, manifest with checksums) and reload it."""
+    """Write a bundle (tensors to safetensors, manifest with checksums) and reload it.
+
+    ``include`` names safetensors files already in the bundle directory (e.g. the encoders'
+    ``encoders.safetensors``) that belong to it too.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     save_file(arrays, str(path / weights))
     m = {"format": BUNDLE_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **manifest}
-    m["files"] = {weights: sha256_file(path / weights)}
+    m["files"] = {name: sha256_file(path / name) for name in (weights, *include)}
     tmp = path / "manifest.json.tmp"
     tmp.write_text(json.dumps(m, indent=1, default=_json_default))
     tmp.replace(path / "manifest.json")

@@ -295,8 +295,39 @@ def _add_broker_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_train_encoders(args: argparse.Namespace) -> int:
+    from rtdecode.train.encoders import EncodersConfig, train_encoders
+
+    result = train_encoders(load_config(EncodersConfig, args))
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def _cmd_train_decoders(args: argparse.Namespace) -> int:
+    from rtdecode.train.decoders import DecodersConfig, train_decoders_cli
+
+    bundle = train_decoders_cli(load_config(DecodersConfig, args))
+    print(json.dumps(bundle.manifest["metrics"], indent=1, default=float))
+    print(f"bundle written to {bundle.path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rtdecode.metrics import format_table
+    from rtdecode.train.evaluate import EvaluateConfig, evaluate
+
+    cfg = load_config(EvaluateConfig, args)
+    result = evaluate(cfg)
+    print(format_table(result["rows"]))
+    print(f"table written to {cfg.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rtdecode`` argument parser."""
+    from rtdecode.train.decoders import DecodersConfig
+    from rtdecode.train.encoders import EncodersConfig
+    from rtdecode.train.evaluate import EvaluateConfig
     from rtdecode.train.ridge import RidgeConfig
 
     parser = argparse.ArgumentParser(
@@ -345,6 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("ridge", help="ridge regression to blurry frames")
     add_config_arguments(t, RidgeConfig)
     t.set_defaults(func=_cmd_train_ridge)
+    t = tsub.add_parser("encoders", help="stimulus-side encoders and evaluation models (no fMRI)")
+    add_config_arguments(t, EncodersConfig)
+    t.set_defaults(func=_cmd_train_encoders)
+    t = tsub.add_parser("decoders", help="the brain decoder (all sub-tasks) of one subject → a bundle")
+    add_config_arguments(t, DecodersConfig)
+    t.set_defaults(func=_cmd_train_decoders)
+
+    p = sub.add_parser("evaluate", help="the evaluation table (every method, every subject)")
+    add_config_arguments(p, EvaluateConfig)
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

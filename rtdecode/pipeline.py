@@ -34,7 +34,7 @@ from rtdecode.lsl import local_clock
 from rtdecode.outputs import ClipResult, Output
 from rtdecode.preprocess import PreprocessConfig, Preprocessed, Preprocessor
 from rtdecode.record import RecordError, SessionRecord
-from rtdecode.render import Renderer, UpsampleRenderer
+from rtdecode.render import Renderer, load_renderer
 from rtdecode.volume import Event, Volume
 
 __all__ = ["ClipResult", "Engine", "EngineConfig", "LatestSlot", "Output"]
@@ -121,8 +121,7 @@ class Engine:
         self.cfg = config
         self.bundle = bundle or load_bundle(config.bundle)
         self.decoder = decoder or load_decoder(self.bundle)
-        m = self.bundle.manifest
-        self.renderer = renderer or UpsampleRenderer(m["frames_per_tr"], tuple(m["frame_size"]))
+        self.renderer = renderer or load_renderer(self.bundle)
         self.outputs = list(outputs or [])
         self.lags = self.decoder.lags
         self.events: list[Event] = []

@@ -41,4 +41,8 @@ def load_decoder(bundle: Bundle) -> Decoder:
         from rtdecode.decode.ridge import RidgeDecoder
 
         return RidgeDecoder(bundle)
+    if bundle.kind == "neurons":
+        from rtdecode.decode.neurons import NeuronsDecoder
+
+        return NeuronsDecoder(bundle)
     raise BundleError(f"{bundle.path}: unknown decoder kind {bundle.kind!r}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from rtdecode.conditions import Conditions
 
-__all__ = ["Renderer", "UpsampleRenderer", "resize_clip"]
+__all__ = ["LatentRenderer", "Renderer", "UpsampleRenderer", "load_renderer", "resize_clip"]
 
 
 def resize_clip(frames: np.ndarray, n_frames: int, size: tuple[int, int]) -> np.ndarray:
@@ -50,3 +50,37 @@ class UpsampleRenderer(Renderer):
     def render(self, conditions: Conditions) -> np.ndarray:
         clip = resize_clip(conditions.blurry, self.frames_per_tr, self.size)
         return (np.clip(clip, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+class LatentRenderer(Renderer):
+    """The decoded blurry video itself: the autoencoder decodes the perception latents.
+
+    Parameters
+    ----------
+    autoencoder
+        A :class:`~rtdecode.models.autoencoder.FrameAutoencoder`.
+    """
+
+    def __init__(self, autoencoder) -> None:
+        self.ae = autoencoder
+        self.size = (autoencoder.config["frame_size"],) * 2
+
+    def render(self, conditions: Conditions) -> np.ndarray:
+        import torch
+
+        from rtdecode.models.autoencoder import to_uint8
+
+        with torch.no_grad():
+            return to_uint8(self.ae.decode(conditions.blurry))
+
+
+def load_renderer(bundle) -> Renderer:
+    """The renderer a bundle calls for: its blurry frames resampled (``ridge``) or its
+    autoencoder decoding the perception latents (``neurons``)."""
+    m = bundle.manifest
+    if bundle.kind == "neurons":
+        from rtdecode.train.encoders import load_encoders
+
+        ae = load_encoders(bundle.tensors, {"ae": m["encoders"]["models"]["ae"]})["ae"]
+        return LatentRenderer(ae)
+    return UpsampleRenderer(m["frames_per_tr"], tuple(m["frame_size"]))

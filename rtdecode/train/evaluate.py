@@ -1,0 +1,188 @@
+"""The paper's evaluation table on the simulated test set: ``rtdecode evaluate``.
+
+For every subject: the decoder (all sub-tasks) is trained — or resumed from its checkpoints —
+on the training runs, and two baselines are fitted on the same inputs: ridge regression to
+pixels and Nishimoto-style retrieval from a library of training clips. Every method
+reconstructs the held-out test clips (fMRI averaged over the repeats, as cc2017) and is scored
+with the evaluation models (never training targets) by :func:`rtdecode.metrics.evaluate_clips`;
+the decoder's sub-tasks are scored beside their chance levels. Results: a markdown table and
+JSON under ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rtdecode.config import config_to_dict
+from rtdecode.metrics import evaluate_clips, write_table
+from rtdecode.models.text import WordTokenizer
+from rtdecode.render import resize_clip
+from rtdecode.train.data import frame_targets
+from rtdecode.train.decoders import DecoderData, DecodersConfig, _splits, prepare, train_decoder
+from rtdecode.train.retrieval import RetrievalBaseline, clip_features
+from rtdecode.train.ridge import _pca, fit_ridge
+from rtdecode.train.targets import Targets, compute_targets
+from scanner_sim import stimuli
+from scanner_sim.dataset import Dataset
+
+__all__ = ["EvaluateConfig", "evaluate", "load_stimulus_models", "scorers"]
+
+log = logging.getLogger("rtdecode.train.evaluate")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of ``rtdecode evaluate``."""
+
+    subjects: tuple[str, ...] = ("sub-01", "sub-02", "sub-03")
+    out: Path = field(default=Path("benchmarks/results/decoding"), metadata={"help": "table directory"})
+    every: int = field(default=1, metadata={"help": "score every n-th test TR (1: all)"})
+    methods: tuple[str, ...] = ("ridge", "retrieval", "rtdecode")
+    decoder: DecodersConfig = field(default_factory=DecodersConfig)
+
+
+def load_stimulus_models(directory: Path) -> tuple[dict, str]:
+    """The encoders and evaluation models saved by ``rtdecode train encoders``, and their digest."""
+    from rtdecode.train.encoders import encoders_digest, read_encoders
+
+    return read_encoders(directory), encoders_digest(directory)
+
+
+def scorers(models: dict):
+    """The evaluation models as the callables :func:`evaluate_clips` takes (float [0, 1] input)."""
+
+    def frames(f: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(f.transpose(0, 3, 1, 2), np.float32))
+
+    @torch.no_grad()
+    def frame_cls(f):
+        return models["eval_frame"].predict_proba(frames(f)).numpy()
+
+    @torch.no_grad()
+    def video_cls(c):
+        x = torch.from_numpy(np.ascontiguousarray(c.transpose(0, 1, 4, 2, 3), np.float32))
+        return models["eval_video"].predict_proba(x).numpy()
+
+    @torch.no_grad()
+    def embed(f):
+        return models["eval_embed"].encode_image(frames(f)).numpy()
+
+    return frame_cls, video_cls, embed
+
+
+def _ground_truth(ds: Dataset, index: np.ndarray) -> np.ndarray:
+    """(n, F, H, W, 3) uint8 stimulus clips of global TR indices."""
+    f, t = ds.config.frames_per_tr, ds.config.segment_trs
+    out = []
+    for seg in np.unique(index // t):
+        frames = ds.frames(int(seg))
+        for k in index[index // t == seg] % t:
+            out.append(frames[k * f : (k + 1) * f])
+    return np.stack(out)
+
+
+def _ridge_recon(data: DecoderData, ds: Dataset, fit_samples: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """Classic linear reconstruction: ridge from the window to 4 frames of 16×16 pixels."""
+    f = ds.config.frames_per_tr
+    cache: dict[int, np.ndarray] = {}
+
+    def pix(samples):
+        rows = []
+        for r, s in samples:
+            seg = data.runs[r].segment
+            if seg not in cache:
+                cache[seg] = frame_targets(ds.frames(seg), f, 4, 16)
+            rows.append(cache[seg][s].reshape(-1))
+        return np.stack(rows)
+
+    y = pix(fit_samples)
+    mean, basis = _pca(y, 256)
+    x = data.windows(fit_samples).reshape(len(fit_samples), -1)
+    n_val = len(x) // 10
+    w, b, alpha, _ = fit_ridge(
+        x[n_val:], (y[n_val:] - mean) @ basis.T, (1e3, 1e4, 3e4, 1e5), x[:n_val], (y[:n_val] - mean) @ basis.T
+    )
+    w, b, _, _ = fit_ridge(x, (y - mean) @ basis.T, (alpha,))
+    pred = np.clip((x_test.reshape(len(x_test), -1) @ w + b) @ basis + mean, 0, 1).reshape(-1, 4, 16, 16, 3)
+    return np.stack([np.clip(resize_clip(p, f, ds.config.stimulus.size), 0, 1) for p in pred])
+
+
+def _retrieval_recon(
+    data: DecoderData, ds: Dataset, targets: Targets, fit_samples: np.ndarray, x_test: np.ndarray
+) -> np.ndarray:
+    """Nishimoto-style: predicted features → mean of the 10 best-matching training clips."""
+    f, t = ds.config.frames_per_tr, ds.config.segment_trs
+    train_segments = sorted({data.runs[r].segment for r, _ in fit_samples})
+    lib_index = np.concatenate([seg * t + data.stim_trs for seg in train_segments])
+    coarse = np.stack([frame_targets(ds.frames(seg), f, 4, 8) for seg in train_segments])
+    coarse = coarse[:, data.stim_trs].reshape(len(lib_index), -1)
+    library, _ = clip_features(targets.image_emb[lib_index], coarse)
+    pos = {g: i for i, g in enumerate(lib_index)}
+    fit_index = data.target_index(fit_samples)
+    feats = library[[pos[g] for g in fit_index]]
+    x = data.windows(fit_samples).reshape(len(fit_samples), -1)
+    model = RetrievalBaseline.fit(x, feats, library, lib_index)
+    frames_cache: dict[int, np.ndarray] = {}
+
+    def clip(g: int) -> np.ndarray:
+        seg, k = divmod(int(g), t)
+        if seg not in frames_cache:
+            frames_cache[seg] = ds.frames(seg)
+        return frames_cache[seg][k * f : (k + 1) * f]
+
+    return model.reconstruct(x_test.reshape(len(x_test), -1), clip)
+
+
+def _decoder_recon(run, models: dict) -> np.ndarray:
+    with torch.no_grad():
+        lat = run.test_outputs["blurry"]
+        n, fr = lat.shape[:2]
+        frames = models["ae"].decode(lat.reshape(n * fr, *lat.shape[2:])).numpy()
+    return frames.transpose(0, 2, 3, 1).reshape(n, fr, *frames.shape[2:], 3)
+
+
+def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
+    """Train/fit every method on every subject, score them, write the table."""
+    models, digest = load_stimulus_models(cfg.decoder.encoders)
+    tokenizer = WordTokenizer(stimuli.caption_vocabulary())
+    targets = compute_targets(cfg.decoder.dataset, models, digest, tokenizer, 24, progress)
+    frame_cls, video_cls, embed = scorers(models)
+    rows: dict[str, dict[str, float]] = {}
+    subtasks: dict[str, dict] = {}
+    for subject in cfg.subjects:
+        t0 = time.time()
+        dcfg = replace(cfg.decoder, subject=subject)
+        prep, select = prepare(dcfg, progress)
+        run = train_decoder(dcfg, targets, tokenizer, targets.image_emb.shape[1], prep, select, progress)
+        subtasks[subject] = run.metrics
+        with Dataset(dcfg.dataset) as ds:
+            data = DecoderData(prep, ds.runs, ds.config.segment_trs, select, dcfg.lags, dcfg.warmup)
+            fit_runs, val_runs, test_runs = _splits(ds.runs)
+            fit_samples = data.samples(fit_runs + val_runs)
+            x_test, test_index = data.averaged(test_runs)
+            keep = np.arange(0, len(test_index), cfg.every)
+            truth = _ground_truth(ds, test_index[keep]).astype(np.float32) / 255
+            recon = {}
+            if "rtdecode" in cfg.methods:
+                recon["rtdecode"] = _decoder_recon(run, models)[keep]
+            if "ridge" in cfg.methods:
+                recon["ridge"] = _ridge_recon(data, ds, fit_samples, x_test[keep])
+            if "retrieval" in cfg.methods:
+                recon["retrieval"] = _retrieval_recon(data, ds, targets, fit_samples, x_test[keep])
+        for method, pred in recon.items():
+            rows[f"{method} ({subject})"] = evaluate_clips(
+                pred.astype(np.float32), truth, frame_cls, video_cls, embed, rng=0
+            )
+            log.info("%s %s: %s", subject, method, rows[f"{method} ({subject})"])
+        log.info("%s done in %.0f s", subject, time.time() - t0)
+    meta = {"config": config_to_dict(cfg), "subtasks": subtasks, "command": "rtdecode evaluate"}
+    write_table(Path(cfg.out) / "table", rows, meta)
+    (Path(cfg.out) / "subtasks.json").write_text(json.dumps(subtasks, indent=1, default=float))
+    return {"rows": rows, "subtasks": subtasks}
