@@ -1,0 +1,235 @@
+"""Train the renderer: a flow-matching video teacher, then a few-step student by reflow.
+
+Teacher
+    :class:`~rtdecode.models.video_denoiser.VideoDenoiser` trained with the rectified-flow
+    objective (``x_t = (1-t)·x0 + t·ε``, target ``ε - x0``) on the training clips' autoencoder
+    latents, conditioned on ground-truth conditions *degraded like decoded ones* (blurred and
+    noisy blurry latents, noisy embeddings and masks, softened concepts, random condition
+    drop-out), so it tolerates what the decoders will give it.
+Student
+    Reflow distillation (Liu et al., 2023, "Flow straight and fast"): the teacher, run with
+    many steps from the renderer's own SDEdit start, produces (start, end) pairs; the student —
+    initialised from the teacher — learns the straight path between them, so one or two Euler
+    steps land where the teacher's many steps do.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from rtdecode.models.video_denoiser import DenoiserConfig, VideoDenoiser, condition_inputs
+from rtdecode.render.diffusion import sample_flow
+from rtdecode.train.targets import Targets
+
+__all__ = ["RendererConfig", "degrade_conditions", "distill_student", "reflow_pairs", "train_teacher"]
+
+log = logging.getLogger("rtdecode.train.renderer")
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    """Settings of ``rtdecode train renderer``."""
+
+    channels: tuple[int, int] = (64, 128)
+    teacher_steps: int = 3000
+    student_steps: int = 1500
+    batch: int = 8
+    lr: float = 5e-4
+    strength: float = field(default=0.7, metadata={"help": "SDEdit start (flow time) of the renderer"})
+    teacher_sample_steps: int = field(default=16, metadata={"help": "teacher steps for reflow pairs"})
+    reflow_pairs: int = 768
+    student_sample_steps: int = field(default=2, metadata={"help": "steps the student renders with"})
+    seed: int = 0
+    checkpoint_every: int = 250
+
+
+def _blur_latents(x: torch.Tensor, factor: int) -> torch.Tensor:
+    b, f, c, h, w = x.shape
+    y = F.avg_pool2d(x.reshape(b * f, c, h, w), factor)
+    return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False).reshape(b, f, c, h, w)
+
+
+def degrade_conditions(batch: dict, gen: torch.Generator) -> dict:
+    """Ground-truth conditions made to look decoded: blurred, noisy, sometimes missing."""
+    lat = batch["latents"]
+    b = lat.shape[0]
+
+    def noise(shape, scale):
+        return torch.randn(shape, generator=gen) * scale
+
+    blurry = _blur_latents(lat, 4)
+    blurry = blurry.mean(1, keepdim=True) * 0.3 + blurry * 0.7  # decoded videos move less
+    blurry = blurry * (0.6 + 0.4 * torch.rand(b, 1, 1, 1, 1, generator=gen)) + noise(lat.shape, 0.4)
+    mask = (batch["masks"] + noise(batch["masks"].shape, 0.2)).clamp(0, 1)
+    key = _blur_latents(lat[:, lat.shape[1] // 2 : lat.shape[1] // 2 + 1], 2)[:, 0] + noise(
+        lat[:, 0].shape, 0.3
+    )
+    sem = F.normalize(batch["image_emb"] + noise(batch["image_emb"].shape, 0.06), dim=-1)
+    txt = F.normalize(batch["text_emb"] + noise(batch["text_emb"].shape, 0.06), dim=-1)
+    concepts = (0.7 * batch["concepts"] + 0.3 * torch.rand(batch["concepts"].shape, generator=gen)).clamp(
+        0, 1
+    )
+    drop = torch.rand(b, 3, generator=gen) < 0.1  # sometimes a condition is missing entirely
+    sem = sem * (~drop[:, :1])
+    txt = txt * (~drop[:, 1:2])
+    blurry = blurry * (~drop[:, 2:3]).view(b, 1, 1, 1, 1)
+    return {
+        "blurry": blurry,
+        "mask": mask,
+        "keyframe": key,
+        "semantic": sem,
+        "text": txt,
+        "concepts": concepts,
+    }
+
+
+def _cond_tensors(model: VideoDenoiser, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    channels, tok = condition_inputs(
+        c["blurry"], c["mask"], c["keyframe"], c["semantic"], c["text"], c["concepts"], model.cfg.frames
+    )
+    return channels, model.tokens(**tok)
+
+
+def _batch(targets: Targets, index: np.ndarray) -> dict:
+    return {
+        "latents": torch.from_numpy(targets.latents[index].astype(np.float32)),
+        "masks": torch.from_numpy(targets.masks[index].astype(np.float32)),
+        "image_emb": torch.from_numpy(targets.image_emb[index]),
+        "text_emb": torch.from_numpy(targets.text_emb[index]),
+        "concepts": torch.from_numpy(targets.concepts[index].astype(np.float32)),
+    }
+
+
+def _flow_loss(model: VideoDenoiser, x0: torch.Tensor, cond: dict, gen: torch.Generator) -> torch.Tensor:
+    b = x0.shape[0]
+    t = torch.sigmoid(torch.randn(b, generator=gen))  # logit-normal times, as SD3
+    eps = torch.randn(x0.shape, generator=gen)
+    tt = t.view(b, 1, 1, 1, 1)
+    xt = (1 - tt) * x0 + tt * eps
+    channels, tokens = _cond_tensors(model, cond)
+    return F.mse_loss(model(xt, t, channels, tokens), eps - x0)
+
+
+def _trainer(
+    model, loss_fn, make_batch, cfg: RendererConfig, steps: int, ckpt: Path | None, desc: str, progress: bool
+):
+    from rtdecode.train.loop import TrainConfig, Trainer
+
+    tc = TrainConfig(
+        steps=steps,
+        lr=cfg.lr,
+        warmup=min(100, steps // 10),
+        seed=cfg.seed,
+        checkpoint_dir=ckpt,
+        checkpoint_every=cfg.checkpoint_every,
+        progress=progress,
+        desc=desc,
+    )
+    return Trainer(model, loss_fn, make_batch, tc).fit()
+
+
+def train_teacher(
+    targets: Targets,
+    train_index: np.ndarray,
+    cfg: RendererConfig,
+    checkpoints: Path | None,
+    progress: bool = True,
+) -> tuple[VideoDenoiser, list]:
+    """Train the teacher on training clips with degraded ground-truth conditions."""
+    torch.manual_seed(cfg.seed)
+    model = VideoDenoiser(
+        DenoiserConfig(
+            channels=tuple(cfg.channels),
+            embed_dim=targets.image_emb.shape[1],
+            n_concepts=targets.concepts.shape[1],
+            frames=targets.latents.shape[1],
+        )
+    )
+
+    def make_batch(step: int, rng: np.random.Generator) -> dict:
+        batch = _batch(targets, rng.choice(train_index, cfg.batch))
+        batch["seed"] = int(rng.integers(1 << 31))
+        return batch
+
+    def loss_fn(m, batch):
+        gen = torch.Generator().manual_seed(batch["seed"])
+        return _flow_loss(m, batch["latents"], degrade_conditions(batch, gen), gen)
+
+    result = _trainer(
+        model,
+        loss_fn,
+        make_batch,
+        cfg,
+        cfg.teacher_steps,
+        checkpoints and checkpoints / "teacher",
+        "renderer teacher",
+        progress,
+    )
+    return model, result.history
+
+
+@torch.no_grad()
+def reflow_pairs(
+    teacher: VideoDenoiser, targets: Targets, index: np.ndarray, cfg: RendererConfig, progress: bool = True
+) -> dict:
+    """(start, teacher end) latents and conditions for the student, from the SDEdit start."""
+    from tqdm import tqdm
+
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    rng = np.random.default_rng(cfg.seed + 7)
+    pick = rng.choice(index, cfg.reflow_pairs, replace=len(index) < cfg.reflow_pairs)
+    out: dict[str, list] = {"start": [], "end": [], "cond": []}
+    teacher.eval()
+    for i in tqdm(range(0, len(pick), 16), desc="reflow pairs", disable=not progress):
+        batch = _batch(targets, pick[i : i + 16])
+        cond = degrade_conditions(batch, gen)
+        channels, tokens = _cond_tensors(teacher, cond)
+        eps = torch.randn(batch["latents"].shape, generator=gen)
+        start = (1 - cfg.strength) * cond["blurry"] + cfg.strength * eps
+        end = sample_flow(teacher, start, channels, tokens, cfg.teacher_sample_steps, cfg.strength)
+        out["start"].append(start)
+        out["end"].append(end)
+        out["cond"].append(cond)
+    cond = {k: torch.cat([c[k] for c in out["cond"]]) for k in out["cond"][0]}
+    return {"start": torch.cat(out["start"]), "end": torch.cat(out["end"]), "cond": cond}
+
+
+def distill_student(
+    teacher: VideoDenoiser, pairs: dict, cfg: RendererConfig, checkpoints: Path | None, progress: bool = True
+) -> tuple[VideoDenoiser, list]:
+    """Reflow: the student learns the straight path from each start to the teacher's end."""
+    student = VideoDenoiser.from_config(teacher.config)
+    student.load_state_dict(teacher.state_dict())
+    n = len(pairs["start"])
+    s = cfg.strength
+
+    def make_batch(step: int, rng: np.random.Generator) -> dict:
+        idx = torch.from_numpy(rng.integers(0, n, cfg.batch))
+        return {"idx": idx, "t": torch.from_numpy(rng.random(cfg.batch).astype(np.float32)) * s}
+
+    def loss_fn(m, batch):
+        idx, t = batch["idx"], batch["t"]
+        x_s, x0 = pairs["start"][idx], pairs["end"][idx]
+        tt = t.view(-1, 1, 1, 1, 1)
+        xt = x0 + (tt / s) * (x_s - x0)
+        cond = {k: v[idx] for k, v in pairs["cond"].items()}
+        channels, tokens = _cond_tensors(m, cond)
+        return F.mse_loss(m(xt, t, channels, tokens), (x_s - x0) / s)
+
+    result = _trainer(
+        student,
+        loss_fn,
+        make_batch,
+        cfg,
+        cfg.student_steps,
+        checkpoints and checkpoints / "student",
+        "renderer student",
+        progress,
+    )
+    return student, result.history
