@@ -44,6 +44,8 @@ def main() -> int:
             "--source-id",
             sid,
             "--no-stimulus-stream",
+            "--sent-log",
+            str(sent_log),
         ],
         stderr=subprocess.DEVNULL,
     )

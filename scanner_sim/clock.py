@@ -6,11 +6,31 @@ before the deadline and then spins on :func:`pylsl.local_clock` for the rest.
 
 from __future__ import annotations
 
+import os
 import time
 
 from rtdecode.lsl import local_clock
 
-__all__ = ["Pacer"]
+__all__ = ["Pacer", "raise_priority"]
+
+
+def raise_priority() -> str:
+    """Ask the OS to schedule this thread ahead of ordinary work, as a scanner's clock would be.
+
+    Tries real-time FIFO scheduling, then a higher nice level; returns what was granted
+    (``"fifo"``, ``"nice"`` or ``"normal"`` when neither is permitted). Without it a busy
+    machine delays wake-ups by milliseconds.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        return "fifo"
+    except (AttributeError, PermissionError, OSError):
+        pass
+    try:
+        os.nice(-10)
+        return "nice"
+    except (AttributeError, PermissionError, OSError):
+        return "normal"
 
 
 class Pacer:

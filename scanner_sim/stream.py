@@ -26,7 +26,7 @@ from rtdecode.geometry import VolumeGeometry
 from rtdecode.lsl import FrameOutlet, VolumeOutlet, local_clock
 from scanner_sim import stimuli
 from scanner_sim.brain import BrainConfig, make_subject, stimulus_features
-from scanner_sim.clock import Pacer
+from scanner_sim.clock import Pacer, raise_priority
 from scanner_sim.faults import FaultConfig, FaultPlan
 from scanner_sim.scanner import ScannerConfig, acquire
 
@@ -248,6 +248,7 @@ class _Streamer:
             self.frame_outlet.outlet.wait_for_consumers(min(self.cfg.wait_consumer_s, 1.0))
         if self.src.n_tr:
             self._volume(0)  # wait for the first volume before the clock starts
+        log.debug("scheduling: %s", raise_priority())
         pacer = Pacer(self.src.geometry.tr, self.cfg.speed, start=local_clock() + 0.2)
         events = self.schedule(pacer)
         log.info(

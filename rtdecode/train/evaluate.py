@@ -26,6 +26,7 @@ from rtdecode.models.text import WordTokenizer
 from rtdecode.render import resize_clip
 from rtdecode.train.data import frame_targets
 from rtdecode.train.decoders import DecoderData, DecodersConfig, _splits, prepare, train_decoder
+from rtdecode.train.interpret import roi_saliency
 from rtdecode.train.retrieval import RetrievalBaseline, clip_features
 from rtdecode.train.ridge import _pca, fit_ridge
 from rtdecode.train.targets import Targets, compute_targets
@@ -161,7 +162,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         dcfg = replace(cfg.decoder, subject=subject)
         prep, select = prepare(dcfg, progress)
         run = train_decoder(dcfg, targets, tokenizer, targets.image_emb.shape[1], prep, select, progress)
-        subtasks[subject] = run.metrics
+        subtasks[subject] = dict(run.metrics)
         with Dataset(dcfg.dataset) as ds:
             data = DecoderData(prep, ds.runs, ds.config.segment_trs, select, dcfg.lags, dcfg.warmup)
             fit_runs, val_runs, test_runs = _splits(ds.runs)
@@ -169,6 +170,10 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             x_test, test_index = data.averaged(test_runs)
             keep = np.arange(0, len(test_index), cfg.every)
             truth = _ground_truth(ds, test_index[keep]).astype(np.float32) / 255
+            voxel_roi = ds.subject(subject)["roi"][()].ravel()[run.mask_index[select]]
+            subtasks[subject]["roi_saliency"] = roi_saliency(
+                run.model, x_test[:: max(1, len(x_test) // 200)], voxel_roi
+            )
             recon = {}
             if "rtdecode" in cfg.methods:
                 recon["rtdecode"] = _decoder_recon(run, models)[keep]
