@@ -326,6 +326,13 @@ def evaluate_outputs(
             "value": float(np.mean(sim.argmax(1) == np.arange(len(index)))),
             "chance": 1.0 / len(index),
         }
+    if "blurry" in res:
+        true_l = targets.latents[index].astype(np.float32)
+        mean_l = targets.latents[train_index[:: max(1, len(train_index) // 2000)]].astype(np.float32).mean(0)
+        out["blurry_mse"] = {
+            "value": float(np.mean((res["blurry"] - true_l) ** 2)),
+            "chance": float(np.mean((mean_l[None] - true_l) ** 2)),
+        }
     if "motion" in res:
         # Dimensions differ in unit (pixels, degrees): compare them standardised.
         mean, std = targets.motion[train_index].mean(0), targets.motion[train_index].std(0) + 1e-6
