@@ -312,6 +312,13 @@ def _cmd_train_decoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_renderer(args: argparse.Namespace) -> int:
+    from rtdecode.train.renderer import RendererTrainConfig, train_renderer_cli
+
+    print(json.dumps(train_renderer_cli(load_config(RendererTrainConfig, args)), indent=1))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rtdecode.metrics import format_table
     from rtdecode.train.evaluate import EvaluateConfig, evaluate
@@ -328,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rtdecode.train.decoders import DecodersConfig
     from rtdecode.train.encoders import EncodersConfig
     from rtdecode.train.evaluate import EvaluateConfig
+    from rtdecode.train.renderer import RendererTrainConfig
     from rtdecode.train.ridge import RidgeConfig
 
     parser = argparse.ArgumentParser(
@@ -382,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("decoders", help="the brain decoder (all sub-tasks) of one subject → a bundle")
     add_config_arguments(t, DecodersConfig)
     t.set_defaults(func=_cmd_train_decoders)
+
+    t = tsub.add_parser("renderer", help="the video diffusion teacher and its few-step student")
+    add_config_arguments(t, RendererTrainConfig)
+    t.set_defaults(func=_cmd_train_renderer)
 
     p = sub.add_parser("evaluate", help="the evaluation table (every method, every subject)")
     add_config_arguments(p, EvaluateConfig)

@@ -55,7 +55,6 @@ from pyqtgraph.Qt import QtCore, QtGui, QtWidgets  # noqa: E402
 __all__ = ["DisplayWindow", "app", "ensure_platform", "run_mqtt", "run_window"]
 
 
-
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="#101418", foreground="#d0d4d8")
 
 AXES = ("x", "y", "z")

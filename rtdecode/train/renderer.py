@@ -233,3 +233,71 @@ def distill_student(
         progress,
     )
     return student, result.history
+
+
+@dataclass(frozen=True)
+class RendererTrainConfig:
+    """Settings of ``rtdecode train renderer`` (trains on the stimuli of a dataset's training split)."""
+
+    dataset: Path = field(default=Path("data/cc2017"), metadata={"help": "dataset (its training stimuli)"})
+    encoders: Path = field(default=Path("engines/default"), metadata={"help": "directory with encoders.*"})
+    out: Path = field(
+        default=Path("engines/default"), metadata={"help": "writes renderer.safetensors/json here"}
+    )
+    threads: int = 2
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+
+
+def train_renderer_cli(cfg: RendererTrainConfig, progress: bool = True) -> dict:
+    """Teacher, reflow pairs and student; writes ``renderer.safetensors`` + ``renderer.json``."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from rtdecode.models import module_tensors
+    from rtdecode.models.text import WordTokenizer
+    from rtdecode.train.encoders import encoders_digest, read_encoders
+    from rtdecode.train.targets import compute_targets
+    from scanner_sim import stimuli
+    from scanner_sim.dataset import Dataset
+
+    torch.set_num_threads(cfg.threads)
+    models = read_encoders(cfg.encoders)
+    targets = compute_targets(
+        cfg.dataset,
+        models,
+        encoders_digest(cfg.encoders),
+        WordTokenizer(stimuli.caption_vocabulary()),
+        24,
+        progress,
+    )
+    with Dataset(cfg.dataset) as ds:
+        t = ds.config.segment_trs
+        train_index = np.concatenate([seg * t + np.arange(t) for seg in range(ds.config.train_segments)])
+    ckpt = Path(cfg.out) / "checkpoints" / "renderer"
+    rc = cfg.renderer
+    teacher, t_hist = train_teacher(targets, train_index, rc, ckpt, progress)
+    pairs = reflow_pairs(teacher, targets, train_index, rc, progress)
+    student, s_hist = distill_student(teacher, pairs, rc, ckpt, progress)
+    out = Path(cfg.out)
+    tensors = {
+        **module_tensors(teacher, "teacher.", dtype=np.float16),
+        **module_tensors(student, "student.", dtype=np.float16),
+    }
+    save_file(tensors, str(out / "renderer.safetensors"))
+    doc = {
+        "config": teacher.config,
+        "strength": rc.strength,
+        "student_steps": rc.student_sample_steps,
+        "teacher_steps": rc.teacher_sample_steps,
+        "training": {
+            "teacher_final_loss": float(np.mean([h["loss"] for h in t_hist[-50:]])),
+            "student_final_loss": float(np.mean([h["loss"] for h in s_hist[-50:]])),
+            "teacher_steps": rc.teacher_steps,
+            "student_steps": rc.student_steps,
+            "reflow_pairs": rc.reflow_pairs,
+            "train_trs": len(train_index),
+        },
+    }
+    (out / "renderer.json").write_text(json.dumps(doc, indent=1))
+    return doc

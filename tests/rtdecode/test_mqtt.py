@@ -396,6 +396,7 @@ def test_hooks_never_wait_for_an_absent_broker(tmp_path):
         t = time.perf_counter()
         pub.preprocessed(tr, None, {"tr": tr, "fd": 0.0, "motion": [0.0] * 6})
         cond = Conditions(tr, tr + 3, blurry=np.zeros((2, 4, 4, 3), np.float32))
+        pub.decoded(cond)  # conditions + feedback
         pub.clip(ClipResult(tr, tr + 3, clip, cond, {"acquired": 1.0}))
         took.append(time.perf_counter() - t)
     # hooks only enqueue: well under a millisecond, never the connect timeout (GIL waits aside)
