@@ -1,8 +1,12 @@
 """Model bundles: ``engines/<name>/manifest.json`` plus safetensors weights. Never pickle.
 
 A bundle is refused — with a message that says why, and before any weight is used — when the
-manifest is missing, malformed or of another format, when a listed file is missing, or when
-a file's SHA-256 differs from the manifest's (a corrupt or foreign file).
+manifest is missing, malformed or of another format, when it lists anything but plain
+``*.safetensors`` file names inside the bundle directory (no pickle, no paths), when a listed
+file is missing or not a regular file, when a file's SHA-256 differs from the manifest's (a
+corrupt or foreign file), or when its bytes are not safetensors. Each file is read once: the
+bytes that were hashed are the bytes parsed, so a file swapped in between cannot slip
+through. Nothing on this path can execute code (no pickle, no ``torch.load``).
 
 Manifest fields (format 1)
 --------------------------
@@ -17,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load, save_file
 
 __all__ = ["BUNDLE_FORMAT", "Bundle", "BundleError", "load_bundle", "save_bundle", "sha256_file"]
 
@@ -40,6 +45,11 @@ REQUIRED = {
     "frame_size": list,
     "files": dict,
 }
+
+
+MAX_MANIFEST_BYTES = 16 << 20
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\.safetensors")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(ValueError):
@@ -96,9 +106,15 @@ def _check_manifest(m: Any, path: Path) -> None:
             raise BundleError(f"{path}: manifest field {key!r} has the wrong type")
     if m["format"] != BUNDLE_FORMAT:
         raise BundleError(f"{path}: bundle format {m['format']} is not {BUNDLE_FORMAT}")
-    for name in m["files"]:
-        if not name.endswith(".safetensors") or "/" in name or "\\" in name or name.startswith("."):
+    dims = m["geometry"].get("dims")
+    if not (isinstance(dims, list) and len(dims) == 3 and all(type(d) is int and d > 0 for d in dims)):
+        raise BundleError(f"{path}: manifest geometry.dims {dims!r} is not three positive integers")
+    for name, digest in m["files"].items():
+        # A plain file name: no directories, no '..', no other format (pickle, .pt, .npy...).
+        if not _FILE_NAME.fullmatch(name) or ".." in name:
             raise BundleError(f"{path}: refusing file {name!r} (only safetensors inside the bundle)")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise BundleError(f"{path}: the manifest's checksum of {name} is not a SHA-256 hex digest")
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -116,9 +132,11 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{path} is not a model bundle (no manifest.json); train one with "
             "`rtdecode train` or use engines/default"
         )
+    if not mpath.is_file() or mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath}: not a regular file of at most {MAX_MANIFEST_BYTES >> 20} MB")
     try:
         manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
         raise BundleError(f"{mpath}: not valid JSON ({exc})") from exc
     _check_manifest(manifest, path)
     tensors: dict[str, np.ndarray] = {}
@@ -126,14 +144,20 @@ def load_bundle(path: str | Path) -> Bundle:
         fpath = path / name
         if not fpath.exists():
             raise BundleError(f"{path}: file {name} listed in the manifest is missing")
-        if sha256_file(fpath) != digest:
+        if not fpath.is_file():  # a FIFO or device would hang or flood the hashing
+            raise BundleError(f"{path}: {name} is not a regular file")
+        data = fpath.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
             raise BundleError(
                 f"{path}: {name} does not match the manifest's checksum (corrupt or foreign file)"
             )
         try:
-            tensors.update(load_file(str(fpath)))
+            loaded = load(data)
         except Exception as exc:  # safetensors raises its own error types
             raise BundleError(f"{path}: {name} is not a readable safetensors file ({exc})") from exc
+        if clash := sorted(set(loaded) & set(tensors)):
+            raise BundleError(f"{path}: tensors {clash[:5]} appear in more than one file")
+        tensors.update(loaded)
     return Bundle(path, manifest, tensors)
 
 
@@ -151,7 +175,8 @@ def save_bundle(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    # np.require keeps 0-d tensors 0-d (np.ascontiguousarray would make them (1,))
+    arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}
     save_file(arrays, str(path / weights))
     m = {"format": BUNDLE_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **manifest}
     m["files"] = {name: sha256_file(path / name) for name in (weights, *include)}

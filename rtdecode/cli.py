@@ -5,9 +5,12 @@ Subcommands
 run       receive volumes over LSL, decode and render them live, record the session
 demo      start the simulator and the engine together; write stimulus | reconstruction video
 replay    stream a session record back over LSL (re-run any session offline)
-train     train a model bundle (``train ridge``)
+train     train models (``train encoders|ridge|decoders|renderer``)
 display   the live window on another machine, fed over MQTT
 listen    print the messages a session publishes over MQTT (to check a setup)
+evaluate  the evaluation table (every method, every subject)
+bench     latency, scaling and headroom benchmarks of this machine
+engines   build and list compiled engines (onnxruntime, TensorRT) of a bundle
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ class DemoConfig:
     movie_seed: int = field(default=7, metadata={"help": "the movie shown (not in the training data)"})
     out: Path = field(default=Path("demo_out"), metadata={"help": "where the video and summary go"})
     bundle: Path = Path("engines/default")
+    renderer: str = field(
+        default="bundle", metadata={"help": "bundle (its student), teacher, blurry or diffusers:PATH"}
+    )
+    steps: int = field(default=0, metadata={"help": "sampler steps (0: the bundle's)"})
     sessions: Path = Path("demo_out/sessions")
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
@@ -178,6 +185,44 @@ def _wait_for_simulator(sim: subprocess.Popen, source: str, timeout: float = 120
     raise StreamNotFoundError(f"the simulator did not start streaming within {timeout:g} s")
 
 
+def start_simulator(
+    source: str,
+    n_tr: int,
+    speed: float,
+    subject: int,
+    seed: int,
+    movie_seed: int,
+    *extra: str,
+    **popen,
+) -> subprocess.Popen:
+    """Start ``scanner-sim stream`` in a child process (it waits up to 120 s for a receiver).
+
+    Shared by ``rtdecode demo`` and ``rtdecode bench latency``; ``extra`` appends stream options.
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        "scanner_sim.cli",
+        "stream",
+        "--n-tr",
+        str(n_tr),
+        "--speed",
+        str(speed),
+        "--subject",
+        str(subject),
+        "--seed",
+        str(seed),
+        "--movie-seed",
+        str(movie_seed),
+        "--source-id",
+        source,
+        "--wait-consumer-s",
+        "120",
+        *extra,
+    ]
+    return subprocess.Popen(argv, **popen)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rtdecode.bundle import load_bundle
     from rtdecode.ingest import IngestConfig
@@ -187,33 +232,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = load_config(DemoConfig, args)
     bundle = load_bundle(cfg.bundle)
     source = f"demo-{uuid.uuid4().hex[:8]}"
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scanner_sim.cli",
-            "stream",
-            "--n-tr",
-            str(cfg.n_tr),
-            "--speed",
-            str(cfg.speed),
-            "--subject",
-            str(cfg.subject),
-            "--seed",
-            str(cfg.seed),
-            "--movie-seed",
-            str(cfg.movie_seed),
-            "--source-id",
-            source,
-            "--wait-consumer-s",
-            "120",
-        ],
-    )
+    sim = start_simulator(source, cfg.n_tr, cfg.speed, cfg.subject, cfg.seed, cfg.movie_seed)
     try:
         _wait_for_simulator(sim, source)
         ecfg = EngineConfig(
             bundle=cfg.bundle,
             sessions=cfg.sessions,
+            renderer=cfg.renderer,
+            steps=cfg.steps,
             ingest=IngestConfig(
                 source_id=source, max_trs=cfg.n_tr, lost_timeout_s=5.0, resolve_timeout_s=120.0
             ),
@@ -398,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="the evaluation table (every method, every subject)")
     add_config_arguments(p, EvaluateConfig)
     p.set_defaults(func=_cmd_evaluate)
+    from rtdecode.backends.cli import add_engines_parser
+    from rtdecode.bench import add_bench_parser
+
+    add_bench_parser(sub)
+    add_engines_parser(sub)
     return parser
 
 

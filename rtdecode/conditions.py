@@ -7,6 +7,7 @@ reader can rebuild them; every message carries ``schema`` (:data:`SCHEMA_VERSION
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 __all__ = ["SCHEMA_VERSION", "Conditions", "pack", "pack_ndarrays", "unpack", "unpack_ndarrays"]
 
 SCHEMA_VERSION = 1
+_PLAIN_DTYPE = re.compile(r"[<>|=]?[biufc][0-9]{1,2}")  # e.g. <f4, |u1, |b1, <i8, <c8
 
 
 def pack_ndarrays(obj: Any) -> Any:
@@ -37,11 +39,28 @@ def pack_ndarrays(obj: Any) -> Any:
 
 
 def unpack_ndarrays(obj: dict) -> Any:
-    """msgpack ``object_hook=``: the inverse of :func:`pack_ndarrays` (writable arrays)."""
-    if obj.get("__nd__") is True:
-        arr = np.frombuffer(obj["data"], dtype=np.dtype(obj["dtype"]))
-        return arr.reshape(obj["shape"]).copy()
-    return obj
+    """msgpack ``object_hook=``: the inverse of :func:`pack_ndarrays` (writable arrays).
+
+    Raises
+    ------
+    ValueError
+        If an ``__nd__`` map is malformed or names a non-numeric dtype (object, string,
+        structured...): only plain numbers are ever rebuilt from a message.
+    """
+    if obj.get("__nd__") is not True:
+        return obj
+    dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
+    if not (isinstance(dtype, str) and isinstance(data, bytes) and isinstance(shape, list)):
+        raise ValueError("malformed array: dtype, shape or data missing or of the wrong type")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape) or len(shape) > 32:
+        raise ValueError(f"malformed array shape {shape!r}")
+    # Checked before numpy parses it: np.dtype() accepts a whole mini-language (structured
+    # types, sub-arrays; "," even raises SyntaxError), none of which a message needs.
+    if not _PLAIN_DTYPE.fullmatch(dtype):
+        raise ValueError(f"array dtype {dtype!r} is not a plain numeric type")
+    dt = np.dtype(dtype)
+    arr = np.frombuffer(data, dtype=dt)
+    return arr.reshape(shape).copy()
 
 
 def pack(obj: Any) -> bytes:
@@ -61,7 +80,16 @@ def unpack(data: bytes, max_bytes: int = 64 << 20) -> Any:
         raise ValueError(f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     try:
         return msgpack.unpackb(data, object_hook=unpack_ndarrays, raw=False, strict_map_key=False)
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
+    # KeyError..OverflowError: an object_hook failing on odd input must not escape as a crash.
+    except (
+        msgpack.UnpackException,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+    ) as exc:
         raise ValueError(f"malformed msgpack message: {exc}") from exc
 
 

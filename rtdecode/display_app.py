@@ -12,7 +12,8 @@ one of two feeds:
   :class:`rtdecode.outputs.display.DisplayOutput` (``rtdecode run --display``), fed through a
   bounded multiprocessing queue;
 * :func:`run_mqtt` — ``rtdecode display --mqtt HOST``, fed by subscribing to a session's
-  MQTT topics from another machine.
+  MQTT topics from another machine; every message is size-limited and schema-checked first
+  (:func:`rtdecode.listen.decode_message`), a malformed one logged and skipped.
 
 Tests and scripts can drive :class:`DisplayWindow` directly and read its pixels with
 :meth:`DisplayWindow.grab_rgb`.
@@ -65,7 +66,7 @@ STAGES = (
     ("render", "decoded", "rendered"),
     ("total", "received", "rendered"),
 )
-FAULTS = ("gap", "late", "duplicate", "bad", "lost", "drop", "skipped", "error")
+FAULTS = ("gap", "late", "duplicate", "bad", "lost", "drop", "skipped", "error", "stimulus_lost")
 
 
 def app() -> QtWidgets.QApplication:
@@ -578,13 +579,14 @@ class _MqttFeed:
         elif kind == "clip":
             try:
                 frames = decode_frames(body)
-            except ValueError as exc:
+            except Exception as exc:  # ValueError, or OpenCV failing on a damaged image
                 log.warning("skipping clip of TR %s: %s", tr, exc)
                 return
             self._send({"kind": "meta", "fps": body.get("fps"), "frames_per_tr": len(frames)})
             self._send({"kind": "clip", "tr": tr, "frames": frames, "stamps": None})
         elif kind == "feedback":
-            self._send({"kind": "feedback", "tr": tr, "score": body.get("score", float("nan"))})
+            score = body.get("score")
+            self._send({"kind": "feedback", "tr": tr, "score": float("nan") if score is None else score})
 
 
 def run_mqtt(cfg: Any, session: str = "+", settings: dict[str, Any] | None = None) -> int:

@@ -20,7 +20,9 @@ class FusionConfig:
     """Fusion settings."""
 
     enabled: bool = True
-    threshold: float = field(default=0.8, metadata={"help": "cosine similarity of one scene"})
+    threshold: float | None = field(
+        default=None, metadata={"help": "cosine similarity of one scene (default: the bundle's calibration)"}
+    )
     blend_frames: int = field(default=4, metadata={"help": "frames cross-faded at a same-scene boundary"})
 
 
@@ -61,8 +63,9 @@ class Fuser:
         Threshold and blend length.
     """
 
-    def __init__(self, config: FusionConfig = FusionConfig()) -> None:
+    def __init__(self, config: FusionConfig = FusionConfig(), threshold: float = 0.8) -> None:
         self.cfg = config
+        self.threshold = config.threshold if config.threshold is not None else threshold
         self.prev_embedding: np.ndarray | None = None
         self.prev_tr: int | None = None
         self.prev_tail: np.ndarray | None = None
@@ -75,7 +78,7 @@ class Fuser:
         a = embedding / (np.linalg.norm(embedding) + 1e-9)
         b = self.prev_embedding / (np.linalg.norm(self.prev_embedding) + 1e-9)
         sim = float(a @ b)
-        return sim >= self.cfg.threshold, sim
+        return sim >= self.threshold, sim
 
     def blend(self, clip: np.ndarray, same: bool) -> np.ndarray:
         """Cross-fade the head of ``clip`` from the previous clip's last frame on a same-scene

@@ -10,15 +10,23 @@ LSL), which makes gaps, late arrivals and duplicates visible:
 * a volume arriving more than ``late_fraction`` of a TR after its acquisition, or after a
   later TR → ``late``;
 * a TR index already received → ``duplicate`` (``conflict`` if the data differ);
+* a non-finite timestamp → ``bad`` (TR -1); a timestamp more than ``max_jump_trs`` TRs away
+  from the last one (a sender's clock jumped) → ``clock_jump``, and TRs count on from the
+  last one instead of inventing thousands of gaps;
 * non-finite values, a truncated volume (trailing slices of zeros) or an all-zero volume →
   ``bad``; recorded, reported, not processed;
 * the outlet disappearing → ``lost``; the inlet re-resolves the same source and reports
-  ``reconnected`` (or ``ended`` after ``lost_timeout_s``).
+  ``reconnected`` (or ``ended`` after ``lost_timeout_s``); a stream that comes back with
+  another geometry or sample type → ``error``, and the inlet keeps waiting for the right one.
+
+The stimulus-frame stream is optional ground truth: when it disappears the run goes on
+without it (``stimulus_lost``) and picks it up again if it returns (``stimulus_reconnected``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -67,15 +75,45 @@ class IngestConfig:
         default=0.0, metadata={"help": "TR (s) for a stream without desc (default: 1/nominal rate)"}
     )
     max_trs: int = field(default=0, metadata={"help": "stop after this many TRs (0: until the stream ends)"})
+    max_jump_trs: int = field(
+        default=1000, metadata={"help": "a timestamp jump beyond this many TRs restarts the TR clock"}
+    )
     stimulus: bool = field(
         default=True, metadata={"help": "also receive a stimulus-frame stream if one is present"}
     )
     buffers: int = 64
 
 
-def validate_volume(data: np.ndarray) -> str:
-    """Why a volume is unusable, or ``""``: non-finite values, truncation, all zeros."""
-    if np.issubdtype(data.dtype, np.floating):
+def validate_volume(
+    data: np.ndarray, dims: tuple[int, ...] | None = None, dtype: np.dtype | str | None = None
+) -> str:
+    """Why a volume is unusable, or ``""``.
+
+    Parameters
+    ----------
+    data
+        The volume as received.
+    dims, dtype
+        The shape and sample type expected (not checked when None).
+
+    Returns
+    -------
+    str
+        Empty for a usable volume; otherwise the reason: not a numeric array, wrong shape or
+        type, non-finite values, all zeros, or truncated (trailing slices of zeros). Never
+        raises, whatever ``data`` is.
+    """
+    if not isinstance(data, np.ndarray):
+        return f"not an array: {type(data).__name__}"
+    if dims is not None and tuple(data.shape) != tuple(dims):
+        return f"wrong shape: {data.shape}, expected {tuple(dims)}"
+    if dtype is not None and data.dtype != np.dtype(dtype):
+        return f"wrong dtype: {data.dtype}, expected {np.dtype(dtype)}"
+    if data.dtype.kind not in "iuf":
+        return f"unsupported dtype {data.dtype}"
+    if data.ndim == 0 or data.size == 0:
+        return f"not a volume: shape {data.shape}"
+    if data.dtype.kind == "f":
         finite = np.isfinite(data)
         if not finite.all():
             return f"{data.size - int(finite.sum())} non-finite values"
@@ -99,20 +137,34 @@ class TRClock:
         Seconds between volumes as streamed (TR / speed).
     late_fraction
         An arrival later than ``late_fraction × interval`` after acquisition is late.
+    max_jump
+        A timestamp more than this many TRs from the last TR re-anchors the clock so that it
+        becomes the next TR (see :attr:`jump`): a sender whose clock jumped must neither end
+        the run nor make the engine report (and remember) millions of gaps.
     """
 
-    def __init__(self, interval: float, late_fraction: float = 0.5) -> None:
+    def __init__(self, interval: float, late_fraction: float = 0.5, max_jump: int = 1000) -> None:
         self.interval = interval
         self.late_after = late_fraction * interval
+        self.max_jump = max_jump
         self.t0: float | None = None
         self.last = -1
         self.seen: dict[int, str] = {}
+        self.jump = ""  # why the last assign() re-anchored the clock ("" if it did not)
 
     def assign(self, timestamp: float, received: float, sha1: str) -> tuple[int, str, str, list[int]]:
         """Return (TR index, status, reason, newly skipped TRs) for one arrival."""
+        self.jump = ""
+        if not math.isfinite(timestamp):
+            return -1, "bad", f"non-finite timestamp {timestamp}", []
         if self.t0 is None:
             self.t0 = timestamp
-        k = round((timestamp - self.t0) / self.interval)
+        x = (timestamp - self.t0) / self.interval
+        if not math.isfinite(x) or abs(x - self.last) > self.max_jump:
+            self.jump = f"timestamp {x - self.last:+.4g} TRs from TR {self.last}; counting on from it"
+            self.t0 = timestamp - (self.last + 1) * self.interval
+            x = float(self.last + 1)
+        k = round(x)
         if k in self.seen:
             same = self.seen[k] == sha1
             return k, "duplicate", "identical copy" if same else "conflict: different data", []
@@ -205,7 +257,7 @@ class VolumeIngest:
         self.geometry = _geometry(self.info, c)
         self.dtype = numpy_dtype(self.info)
         self.interval = 1.0 / self.info.nominal_srate() if self.info.nominal_srate() > 0 else self.geometry.tr
-        self.clock = TRClock(self.interval, c.late_fraction)
+        self.clock = TRClock(self.interval, c.late_fraction, c.max_jump_trs)
         n = self.geometry.n_voxels
         # Preallocated ring: the volume handed on is a view into it, valid for `buffers` pulls.
         self.ring = np.empty((max(c.buffers, 2), n), self.dtype)
@@ -234,6 +286,7 @@ class VolumeIngest:
         """Find the same source again after it was lost; False after ``lost_timeout_s``."""
         source = self.info.source_id() or None
         deadline = local_clock() + self.cfg.lost_timeout_s
+        refused: set[str] = set()
         while not self.stopping.is_set() and local_clock() < deadline:
             pred = f"source_id='{source}'" if source else f"name='{self.info.name()}'"
             for info in pylsl.resolve_bypred(pred, 1, 1.0):
@@ -242,14 +295,25 @@ class VolumeIngest:
                     full = inlet.info(5.0)
                 except (LostError, TimeoutError):
                     continue  # the resolver's cache still held the old outlet
-                geo = _geometry(full, self.cfg)
-                if geo.dims != self.geometry.dims or numpy_dtype(full) != self.dtype:
-                    self._event(
-                        "error",
-                        -1,
-                        f"the restarted stream has geometry {geo.dims} / "
-                        f"{numpy_dtype(full)}, expected {self.geometry.dims} / {self.dtype}",
-                    )
+                try:
+                    geo, dtype = _geometry(full, self.cfg), numpy_dtype(full)
+                except ValueError as exc:  # e.g. a desc that disagrees with the channel count
+                    geo, dtype, problem = None, None, str(exc)
+                else:
+                    problem = ""
+                if geo is None or geo.dims != self.geometry.dims or dtype != self.dtype:
+                    # Keep waiting: the right stream may still come back before the timeout.
+                    why = problem or f"geometry {geo.dims} / {dtype}"
+                    if why not in refused:  # once, not on every re-resolve
+                        refused.add(why)
+                        self._event(
+                            "error",
+                            -1,
+                            f"the restarted stream is not usable: {why}, "
+                            f"expected {self.geometry.dims} / {self.dtype}",
+                        )
+                    inlet.close_stream()
+                    self.stopping.wait(0.5)
                     continue
                 self.inlet = inlet
                 return True
@@ -266,10 +330,12 @@ class VolumeIngest:
         data = flat.reshape(self.geometry.dims)
         sha1 = checksum(flat)
         k, status, reason, skipped = self.clock.assign(timestamp, received, sha1)
+        if self.clock.jump:
+            self._event("clock_jump", k, self.clock.jump)
         for m in skipped:
             self._event("gap", m, "no volume received for this TR (yet)")
         if status == "ok" or status == "late":
-            bad = validate_volume(data)
+            bad = validate_volume(data, self.geometry.dims, self.dtype)
             if bad:
                 status, reason = "bad", bad
         if status != "ok":
@@ -340,15 +406,26 @@ class VolumeIngest:
 class FrameIngest:
     """Receive a stimulus-frame stream (ground truth for the display and the demo video).
 
-    Frames are kept with their display timestamps for ``keep_s`` seconds.
+    Frames are kept with their display timestamps for ``keep_s`` seconds. The stream is
+    optional: if it disappears, ``stimulus_lost`` is reported and the inlet looks for the same
+    source again (``stimulus_reconnected``) until :meth:`stop`; volumes are never affected.
+
+    Parameters
+    ----------
+    info
+        The stimulus stream.
+    keep_s
+        Seconds of frames kept.
+    on_event
+        Called (in the receiving thread) with each reported event.
     """
 
-    def __init__(self, info: pylsl.StreamInfo, keep_s: float = 120.0) -> None:
-        self.inlet = pylsl.StreamInlet(
-            info, max_buflen=60, recover=False, processing_flags=pylsl.proc_clocksync
-        )
-        full = self.inlet.info(5.0)
-        self.inlet.time_correction(5.0)  # see VolumeIngest._open
+    def __init__(
+        self, info: pylsl.StreamInfo, keep_s: float = 120.0, on_event: Callable[[Event], None] | None = None
+    ) -> None:
+        self.on_event = on_event
+        self.source_id = info.source_id()
+        self.inlet, full = self._open(info)
         self.size = frame_size_from_info(full)
         fps = full.nominal_srate() or 8.0
         self.frames: deque[tuple[float, np.ndarray]] = deque(maxlen=int(keep_s * fps))
@@ -356,25 +433,77 @@ class FrameIngest:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="stimulus-ingest", daemon=True)
 
+    @staticmethod
+    def _open(info: pylsl.StreamInfo) -> tuple[pylsl.StreamInlet, pylsl.StreamInfo]:
+        inlet = pylsl.StreamInlet(info, max_buflen=60, recover=False, processing_flags=pylsl.proc_clocksync)
+        full = inlet.info(5.0)
+        inlet.time_correction(5.0)  # see VolumeIngest._open
+        return inlet, full
+
     @classmethod
-    def find(cls, volume_info: pylsl.StreamInfo, timeout: float = 2.0) -> FrameIngest | None:
-        """The stimulus stream that belongs to a volume stream (source id + ``-stimulus``)."""
+    def find(
+        cls,
+        volume_info: pylsl.StreamInfo,
+        timeout: float = 2.0,
+        on_event: Callable[[Event], None] | None = None,
+        keep_s: float = 120.0,
+    ) -> FrameIngest | None:
+        """The stimulus stream that belongs to a volume stream (source id + ``-stimulus``);
+        None if there is none or it cannot be opened (the run goes on without it)."""
         sid = volume_info.source_id()
         pred = f"source_id='{sid}-stimulus'" if sid else f"type='{STIMULUS_STREAM_TYPE}'"
         found = pylsl.resolve_bypred(pred, 1, timeout)
-        return cls(found[0]) if found else None
+        if not found:
+            return None
+        try:
+            return cls(found[0], keep_s=keep_s, on_event=on_event)
+        except Exception as exc:  # gone between resolving and opening, or a malformed desc
+            log.warning("could not open the stimulus stream (%r); running without it", exc)
+            return None
+
+    def _event(self, kind: str, detail: str) -> None:
+        log.warning("%s — %s", kind, detail)
+        if self.on_event is not None:
+            self.on_event(Event(kind, -1, detail))
+
+    def _reconnect(self) -> bool:
+        """Wait for the same stimulus source to return (until :meth:`stop`)."""
+        pred = f"source_id='{self.source_id}'" if self.source_id else f"type='{STIMULUS_STREAM_TYPE}'"
+        while not self.stopping.is_set():
+            for info in pylsl.resolve_bypred(pred, 1, 1.0):
+                try:
+                    inlet, full = self._open(info)
+                    if frame_size_from_info(full) != self.size:
+                        raise ValueError(f"frame size {frame_size_from_info(full)} != {self.size}")
+                except (LostError, TimeoutError, ValueError) as exc:
+                    log.debug("stimulus stream not usable yet: %r", exc)
+                    self.stopping.wait(1.0)
+                    continue
+                self.inlet = inlet
+                return True
+        return False
 
     def _loop(self) -> None:
         h, w = self.size
-        while not self.stopping.is_set():
-            try:
-                data, ts = self.inlet.pull_chunk(timeout=0.2, max_samples=64, min_samples=1, as_numpy=True)
-            except (LostError, StreamNotFoundError):
-                return
-            if len(ts):
-                frames = data.view(np.uint8).reshape(-1, h, w, 3)
-                with self.lock:
-                    self.frames.extend(zip(ts.tolist(), frames.copy()))
+        try:
+            while not self.stopping.is_set():
+                try:
+                    data, ts = self.inlet.pull_chunk(
+                        timeout=0.2, max_samples=64, min_samples=1, as_numpy=True
+                    )
+                except (LostError, StreamNotFoundError):
+                    self._event("stimulus_lost", "the stimulus stream disappeared; going on without it")
+                    if not self._reconnect():
+                        return
+                    self._event("stimulus_reconnected", "the stimulus stream is back")
+                    continue
+                if len(ts):
+                    frames = data.view(np.uint8).reshape(-1, h, w, 3)
+                    with self.lock:
+                        self.frames.extend(zip(ts.tolist(), frames.copy()))
+        except Exception as exc:  # ground truth is optional: report, never take the run down
+            log.exception("stimulus ingest failed")
+            self._event("stimulus_lost", f"stimulus ingest failed: {exc!r}; the run goes on without it")
 
     def start(self) -> None:
         """Start receiving."""

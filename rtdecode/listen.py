@@ -2,8 +2,9 @@
 
 Used by ``rtdecode listen`` (print what arrives, to check a setup) and by
 ``rtdecode display --mqtt`` (feed the experimenter's window from another machine). Every
-message is size-limited, unpacked with :func:`rtdecode.conditions.unpack` and checked for the
-schema version; a malformed message is logged and skipped, never fatal.
+message is size-limited, unpacked with :func:`rtdecode.conditions.unpack` and checked against
+the topic's schema (:mod:`rtdecode.outputs.schema`); a malformed message is logged and
+skipped, never fatal, and so is a handler failing on one message.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from rtdecode.conditions import SCHEMA_VERSION, unpack
+from rtdecode.conditions import unpack
 from rtdecode.outputs.mqtt import TOPICS, MqttConfig, client_options
+from rtdecode.outputs.schema import MAX_MESSAGE_BYTES, validate_message
 
-__all__ = ["DEFAULT_MAX_BYTES", "decode_message", "listen", "subscribe", "summarize"]
+__all__ = ["DEFAULT_MAX_BYTES", "decode_message", "handle_message", "listen", "subscribe", "summarize"]
 
 log = logging.getLogger("rtdecode.listen")
 
-DEFAULT_MAX_BYTES = 16 << 20
+DEFAULT_MAX_BYTES = MAX_MESSAGE_BYTES
 
 Handler = Callable[[str, str, dict[str, Any]], None]
 
@@ -36,7 +38,8 @@ def decode_message(
     ------
     ValueError
         If the topic is not ``<prefix>/<session>/<kind>`` with a known kind, the payload is
-        too large or not msgpack, not a map, or of another schema version.
+        too large or not msgpack, not a map, of another schema version, or its fields do not
+        match the topic's schema (:func:`rtdecode.outputs.schema.validate_message`).
     """
     parts = topic.split("/")
     if len(parts) != 3 or parts[0] != prefix or parts[2] not in TOPICS:
@@ -44,11 +47,7 @@ def decode_message(
     if not isinstance(payload, (bytes, bytearray)):
         raise ValueError(f"payload is {type(payload).__name__}, not bytes")
     body = unpack(bytes(payload), max_bytes=max_bytes)
-    if not isinstance(body, dict):
-        raise ValueError(f"payload is a {type(body).__name__}, not a map")
-    if body.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"schema {body.get('schema')!r} is not {SCHEMA_VERSION}")
-    return parts[1], parts[2], body
+    return parts[1], parts[2], validate_message(parts[2], body)
 
 
 def _num(value: Any, fmt: str = ".1f") -> str:
@@ -62,11 +61,14 @@ def summarize(kind: str, body: dict[str, Any]) -> str:
         counts = body.get("counts") or {}
         drops = body.get("drops") or {}
         mqtt = body.get("mqtt") or {}
+        dropped = mqtt.get("dropped")  # free-form health: read defensively
+        if not (isinstance(dropped, dict) and all(type(v) is int for v in dropped.values())):
+            dropped = {}
         return (
             f"tr={tr} state={body.get('state', '?')} fd={_num(body.get('fd'), '.2f')} mm "
             f"ok={counts.get('ok', '—')} late={counts.get('late', '—')} bad={counts.get('bad', '—')} "
             f"drops={sum(drops.values()) if drops else 0} clip={_num(body.get('receive_to_clip_ms'))} ms"
-            + (f" mqtt-dropped={sum(mqtt['dropped'].values())}" if mqtt.get("dropped") else "")
+            + (f" mqtt-dropped={sum(dropped.values())}" if dropped else "")
         )
     if kind == "conditions":
         parts = [f"tr={tr} source_tr={body.get('source_tr', '—')}"]
@@ -128,15 +130,28 @@ async def subscribe(
         backoff = min(backoff * 2, cfg.backoff_max_s)
 
 
+def handle_message(topic: str, payload: Any, prefix: str, handler: Handler, max_bytes: int) -> bool:
+    """Decode one message and pass it to ``handler``; False (and a log line) if it was refused.
+
+    Never raises: a malformed message, or a handler failing on an odd one, must not end the
+    subscription.
+    """
+    try:
+        session, kind, body = decode_message(topic, payload, prefix, max_bytes)
+    except ValueError as exc:
+        log.warning("skipping a malformed message on %s: %s", topic, exc)
+        return False
+    try:
+        handler(session, kind, body)
+    except Exception:
+        log.exception("could not handle a %s message on %s; skipped", kind, topic)
+        return False
+    return True
+
+
 async def _receive(client: Any, prefix: str, handler: Handler, max_bytes: int) -> None:
     async for message in client.messages:
-        topic = str(message.topic)
-        try:
-            session, kind, body = decode_message(topic, message.payload, prefix, max_bytes)
-        except ValueError as exc:
-            log.warning("skipping a malformed message on %s: %s", topic, exc)
-            continue
-        handler(session, kind, body)
+        handle_message(str(message.topic), message.payload, prefix, handler, max_bytes)
 
 
 def listen(

@@ -27,17 +27,20 @@ from typing import Any
 import numpy as np
 
 from rtdecode.bundle import Bundle, load_bundle
+from rtdecode.conditions import Conditions
 from rtdecode.config import config_to_dict
 from rtdecode.decode import Decoder, load_decoder
+from rtdecode.fuse import Fuser, FusionConfig
+from rtdecode.geometry import VolumeGeometry
 from rtdecode.ingest import FrameIngest, IngestConfig, VolumeIngest
 from rtdecode.lsl import local_clock
 from rtdecode.outputs import ClipResult, Output
 from rtdecode.preprocess import PreprocessConfig, Preprocessed, Preprocessor
-from rtdecode.record import RecordError, SessionRecord
+from rtdecode.record import GuardedRecord, RecordError, SessionRecord
 from rtdecode.render import Renderer, load_renderer
 from rtdecode.volume import Event, Volume
 
-__all__ = ["ClipResult", "Engine", "EngineConfig", "LatestSlot", "Output"]
+__all__ = ["ClipResult", "Engine", "EngineConfig", "LatestSlot", "Output", "make_preprocessor"]
 
 log = logging.getLogger("rtdecode.pipeline")
 END = object()
@@ -52,8 +55,63 @@ class EngineConfig:
     fsync: bool = field(default=False, metadata={"help": "fsync every volume (power-loss safety)"})
     queue_size: int = field(default=32, metadata={"help": "volumes preprocessing may fall behind"})
     log_every: int = field(default=1, metadata={"help": "status line every N TRs (0: never)"})
+    renderer: str = field(
+        default="bundle",
+        metadata={"help": "bundle (its student), teacher, blurry (no diffusion) or diffusers:PATH"},
+    )
+    steps: int = field(default=0, metadata={"help": "sampler steps (0: the bundle's)"})
+    warm_up: int = field(default=1, metadata={"help": "decode+render passes before the stream starts"})
+    backend: str = field(
+        default="auto", metadata={"help": "auto|torch|onnxruntime|tensorrt|torch-tensorrt (models' runtime)"}
+    )
+    engine_cache: Path = field(default=Path("cache/engines"), metadata={"help": "compiled engines"})
     ingest: IngestConfig = field(default_factory=IngestConfig)
     preprocess: PreprocessConfig | None = field(default=None, metadata={"help": "default: the bundle's"})
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+
+def make_preprocessor(
+    bundle: Bundle, decoder: Decoder, geometry: VolumeGeometry, config: PreprocessConfig | None = None
+) -> Preprocessor:
+    """The preprocessing a bundle calls for: its saved settings (or ``config``) and the
+    decoder's voxel mask on the stream's grid (shared by the engine and offline checks)."""
+    if config is None:
+        saved = bundle.manifest.get("preprocess", {})
+        known = PreprocessConfig.__dataclass_fields__
+        config = PreprocessConfig(**{k: v for k, v in saved.items() if k in known})
+    mask = np.zeros(geometry.n_voxels, bool)
+    mask[decoder.mask_index] = True
+    return Preprocessor(geometry, config, mask=mask.reshape(geometry.dims))
+
+
+def compile_stages(
+    bundle: Bundle,
+    decoder: Decoder | None,
+    renderer: Renderer | None,
+    backend: str,
+    cache: Path,
+    which: str = "student",
+) -> None:
+    """Swap a bundle's decoder and renderer networks for compiled engines, in place (cached;
+    see :mod:`rtdecode.backends`). Stages without compilable networks are left as they are.
+
+    With ``backend="auto"`` a failure is logged and the stages stay in torch; an explicitly
+    requested backend raises.
+    """
+    from rtdecode.backends.models import bundle_digest, compile_decoder_stage, compile_render_stage
+
+    key = {"bundle": bundle_digest(bundle.path)}  # the key `rtdecode engines build` uses
+    try:
+        if decoder is not None:
+            compile_decoder_stage(decoder, backend, cache, key)
+        if renderer is not None:
+            frames = bundle.manifest["frames_per_tr"]
+            compile_render_stage(renderer, backend, cache, key, name=f"denoiser-{which}", frames=frames)
+    except Exception as exc:
+        if backend != "auto":
+            raise
+        # auto promises a working engine: eager torch is slower but always there.
+        log.warning("compiled engines unavailable (%s); running the models in torch", exc)
 
 
 class LatestSlot:
@@ -121,15 +179,27 @@ class Engine:
         self.cfg = config
         self.bundle = bundle or load_bundle(config.bundle)
         self.decoder = decoder or load_decoder(self.bundle)
-        self.renderer = renderer or load_renderer(self.bundle)
+        self.renderer = renderer or load_renderer(self.bundle, config.renderer, config.steps or None)
+        if config.backend != "torch":
+            compile_stages(
+                self.bundle,
+                self.decoder if decoder is None else None,
+                self.renderer if renderer is None else None,
+                config.backend,
+                config.engine_cache,
+                "teacher" if config.renderer == "teacher" else "student",
+            )
+        calibrated = self.bundle.manifest.get("fusion", {}).get("threshold", 0.8)
+        self.fuser = Fuser(config.fusion, calibrated)
         self.outputs = list(outputs or [])
         self.lags = self.decoder.lags
         self.events: list[Event] = []
         self.drops = {"preprocess": 0, "decode": 0, "render": 0}
         self.latencies: list[dict[str, float]] = []
-        self.record: SessionRecord | None = None
+        self.record: GuardedRecord | None = None
         self.frames: FrameIngest | None = None
         self.window: dict[int, np.ndarray] = {}
+        self.warm_ms: list[float] = []
         self._pre_exec = ThreadPoolExecutor(1, thread_name_prefix="preprocess")
         self._model_exec = ThreadPoolExecutor(1, thread_name_prefix="model")
 
@@ -144,15 +214,7 @@ class Engine:
             )
 
     def _preprocessor(self) -> Preprocessor:
-        cfg = self.cfg.preprocess
-        if cfg is None:
-            saved = self.bundle.manifest.get("preprocess", {})
-            cfg = PreprocessConfig(
-                **{k: v for k, v in saved.items() if k in PreprocessConfig.__dataclass_fields__}
-            )
-        mask = np.zeros(self.ingest.geometry.n_voxels, bool)
-        mask[self.decoder.mask_index] = True
-        return Preprocessor(self.ingest.geometry, cfg, mask=mask.reshape(self.ingest.geometry.dims))
+        return make_preprocessor(self.bundle, self.decoder, self.ingest.geometry, self.cfg.preprocess)
 
     def tr_end_time(self, tr: int) -> float | None:
         """LSL time at which TR ``tr``'s acquisition ended (None before the first volume)."""
@@ -271,7 +333,7 @@ class Engine:
     async def _render_stage(self) -> None:
         while (item := await self.render_slot.get()) is not END:
             cond, vol = item
-            clip = await self.loop.run_in_executor(self._model_exec, self.renderer.render, cond)
+            clip, fusion = await self.loop.run_in_executor(self._model_exec, self._render_fused, cond)
             vol.stamps["rendered"] = local_clock()
             self.record.write_clip(cond.tr, clip)
             result = ClipResult(cond.tr, vol.tr, clip, cond, vol.stamps)
@@ -279,9 +341,24 @@ class Engine:
                 out.clip(result)
             vol.stamps["output"] = local_clock()
             self.latencies.append(dict(vol.stamps))
-            self.record.write_timing(vol.tr, {**vol.stamps, "clip_tr": cond.tr})
+            self.record.write_timing(vol.tr, {**vol.stamps, "clip_tr": cond.tr, **fusion})
 
     # ------------------------------------------------------------------ health
+    def _render_fused(self, cond: Conditions) -> tuple[np.ndarray, dict[str, Any]]:
+        """Render one TR's clip and fuse it into the stream (model thread).
+
+        Multi-fMRI fusion: when the decoded keyframe embedding says the scene goes on from the
+        previous TR, the renderer starts from the previous clip's last latent and the boundary
+        is cross-faded; on a cut the clip starts fresh.
+        """
+        embedding = cond.semantic
+        same, similarity = self.fuser.same_scene(cond.tr, embedding)
+        tail = getattr(self.renderer, "last_latents", None)
+        if hasattr(self.renderer, "continue_from"):
+            self.renderer.continue_from(tail[-1] if same and tail is not None else None)
+        clip = self.fuser.push(cond.tr, self.renderer.render(cond), embedding, same, similarity)
+        return clip, {"same_scene": bool(same), "similarity": round(similarity, 4)}
+
     def _status(self, vol: Volume, result: Preprocessed) -> dict[str, Any]:
         counts = dict(self.ingest.counts)
         gaps = sum(1 for e in self.events if e.kind == "gap")
@@ -339,6 +416,7 @@ class Engine:
             "clips": len(self.latencies),
             "latency_ms": lat,
             "record": str(self.record.path) if self.record else None,
+            "record_errors": getattr(self.record, "failures", 0),
         }
 
     # ------------------------------------------------------------------ run
@@ -347,9 +425,29 @@ class Engine:
         log.info("stopping: finishing queued work and closing the record")
         self.ingest.stop(timeout=0)
 
+    def warm_up(self, passes: int = 1) -> list[float]:
+        """Decode and render a zero window ``passes`` times (ms each), then reset the renderer.
+
+        A torch model's first calls allocate and pick kernels; run before the stream starts,
+        so that cost does not land on the first TRs.
+        """
+        window = np.zeros((len(self.decoder.lags), len(self.decoder.mask_index)), np.float32)
+        times = []
+        for i in range(passes):
+            t0 = time.perf_counter()
+            self.renderer.render(self.decoder.decode(window, i))
+            times.append((time.perf_counter() - t0) * 1e3)
+        if hasattr(self.renderer, "continue_from"):
+            self.renderer.continue_from(None)
+        return times
+
     async def run(self) -> dict[str, Any]:
-        """Connect, run until the stream ends (or :meth:`request_stop`), close the record."""
+        """Warm the models up, connect, run until the stream ends (or :meth:`request_stop`),
+        close the record."""
         self.loop = asyncio.get_running_loop()
+        if self.cfg.warm_up:
+            self.warm_ms = await self.loop.run_in_executor(self._model_exec, self.warm_up, self.cfg.warm_up)
+            log.info("models warmed up (%s ms)", ", ".join(f"{t:.0f}" for t in self.warm_ms))
         self.pre_q: asyncio.Queue = asyncio.Queue(self.cfg.queue_size)
         self.decode_slot = LatestSlot(lambda item: self._drop("decode", item[0]))
         self.render_slot = LatestSlot(lambda item: self._drop("render", item[0].tr))
@@ -364,8 +462,10 @@ class Engine:
             "source_id": self.ingest.info.source_id(),
             "dtype": str(self.ingest.dtype),
         }
-        self.record = SessionRecord.create(
-            self.cfg.sessions, self.ingest.geometry, meta, fsync=self.cfg.fsync
+        # Guarded: a failed write (disk full) is reported once and the run goes on.
+        self.record = GuardedRecord(
+            SessionRecord.create(self.cfg.sessions, self.ingest.geometry, meta, fsync=self.cfg.fsync),
+            lambda kind, tr, detail: self._on_event(Event(kind, tr, detail)),
         )
         log.info("session record: %s", self.record.path)
         for out in self.outputs:
@@ -377,7 +477,12 @@ class Engine:
             for c in (self._preprocess_stage(), self._decode_stage(), self._render_stage())
         ]
         if self.cfg.ingest.stimulus:
-            self.frames = await self.loop.run_in_executor(None, FrameIngest.find, self.ingest.info)
+            # Frames are needed only until their TR is rendered: keep 64 volume intervals (an
+            # accelerated stream would otherwise hold minutes of frames at 20x the frame rate).
+            keep_s = 64 * self.ingest.interval
+            self.frames = await self.loop.run_in_executor(
+                None, lambda: FrameIngest.find(self.ingest.info, on_event=self._on_event, keep_s=keep_s)
+            )
             if self.frames is not None:
                 self.frames.start()
         try:
@@ -398,7 +503,10 @@ class Engine:
             except Exception:  # an output failing at shutdown must not lose the record
                 log.exception("output %s failed to close", out.name)
         summary = self.summary()
-        (self.record.path / "summary.json").write_text(json.dumps(summary, indent=1))
+        try:
+            (self.record.path / "summary.json").write_text(json.dumps(summary, indent=1))
+        except OSError as exc:  # disk full: the record's own files matter more
+            log.error("could not write %s: %s", self.record.path / "summary.json", exc)
         self.record.close(video_fps=float(self.bundle.manifest["fps"]))
         self._pre_exec.shutdown(wait=False)
         self._model_exec.shutdown(wait=False)

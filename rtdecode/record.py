@@ -25,11 +25,13 @@ Layout of a record directory
 Crash safety: every append is one ``os.write`` (the data is in the OS page cache when it
 returns, so killing the process loses nothing already written; pass ``fsync=True`` to survive
 power loss too). A failed append is truncated back, so the files never hold a torn record
-in the middle.
+in the middle. A live run writes through :class:`GuardedRecord`, which reports a failed write
+(disk full) once and lets the run go on instead of raising.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import errno
@@ -40,7 +42,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ __all__ = [
     "CLIP_HEADER",
     "RECORD_FORMAT",
     "VOLUME_HEADER",
+    "GuardedRecord",
     "Record",
     "RecordError",
     "SessionRecord",
@@ -113,14 +116,23 @@ def _now_iso() -> str:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a temporary file, fsync it, and rename it over ``path``."""
+    """Write JSON to a temporary file, fsync it, and rename it over ``path``.
+
+    On failure (disk full) ``path`` keeps its previous content and the temporary file is
+    removed.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_plain(obj), f, indent=2, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(_plain(obj), f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 # --------------------------------------------------------------------------- writer
@@ -471,6 +483,115 @@ class SessionRecord:
             ) from exc
         self._session = session
         log.info("closed session record %s (%s): %s", self.path, status, self._counts)
+
+
+class GuardedRecord:
+    """A :class:`SessionRecord` for a live run: a failed write is reported, never raised.
+
+    A scan cannot be repeated, so when the disk fills up (or any write fails) the run goes on
+    — the display, the feedback and the other outputs still work — and the record keeps
+    everything written before the failure, readable (each append is all or nothing). Volumes
+    keep being offered to the record, so recording resumes as soon as space is freed.
+
+    Every failed ``write_*`` is counted (:attr:`failures`, :attr:`failed` per method). The
+    record's own message (what could not be written, and up to which TR the record is intact)
+    is logged as an error and passed to ``on_problem`` at the first failure of each method,
+    and again whenever volumes fail after having been written again; the first volume written
+    after failures is reported as ``record_resumed``. Small side files may fail and succeed
+    alternately on a nearly full disk; they are reported once (then every ``remind_every``
+    failures), not at every flip. Other attributes pass through to the record.
+
+    Parameters
+    ----------
+    record
+        The record written to.
+    on_problem
+        Called with ``(kind, tr, detail)``: kind ``error`` or ``record_resumed``. It may write
+        to this record again (a nested failure is only counted).
+    remind_every
+        Log a reminder every this many failed writes of one method.
+    """
+
+    def __init__(
+        self,
+        record: SessionRecord,
+        on_problem: Callable[[str, int, str], None] | None = None,
+        remind_every: int = 200,
+    ) -> None:
+        self.record = record
+        self.on_problem = on_problem
+        self.remind_every = remind_every
+        self.failures = 0
+        self.failed: dict[str, int] = {}
+        self.volumes_failing = False
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.record, name)
+
+    def _report(self, kind: str, tr: int, detail: str) -> None:
+        if self.on_problem is not None:
+            self.on_problem(kind, tr, detail)
+
+    def _write(self, method: str, tr: int, *args: Any, **kw: Any) -> bool:
+        volume = method == "write_volume"
+        try:
+            getattr(self.record, method)(*args, **kw)
+        except RecordError as exc:
+            with self._lock:
+                self.failures += 1
+                n = self.failed[method] = self.failed.get(method, 0) + 1
+                newly = n == 1 or (volume and not self.volumes_failing)
+                self.volumes_failing |= volume
+            if newly:
+                log.error("%s. The run goes on; this data is not recorded until a write succeeds", exc)
+                self._report("error", tr, str(exc))
+            elif n % self.remind_every == 0:
+                log.error(
+                    "the session record still cannot be written: %d %s calls failed (%s)", n, method, exc
+                )
+            return False
+        if volume and self.volumes_failing:
+            with self._lock:
+                resumed, self.volumes_failing = self.volumes_failing, False
+            if resumed:
+                msg = f"volumes are recorded again from TR {tr} on ({self.failures} writes had failed)"
+                log.warning("%s", msg)
+                self._report("record_resumed", tr, msg)
+        return True
+
+    def write_volume(self, vol: Volume) -> bool:
+        """:meth:`SessionRecord.write_volume`; False if it failed (reported)."""
+        return self._write("write_volume", vol.tr, vol)
+
+    def write_event(self, event: Event) -> bool:
+        """:meth:`SessionRecord.write_event`; False if it failed (reported)."""
+        return self._write("write_event", event.tr, event)
+
+    def write_timing(self, tr: int, stamps: dict[str, float]) -> bool:
+        """:meth:`SessionRecord.write_timing`; False if it failed (reported)."""
+        return self._write("write_timing", tr, tr, stamps)
+
+    def write_preprocess(self, tr: int, motion: Sequence[float], fd: float, **extra: Any) -> bool:
+        """:meth:`SessionRecord.write_preprocess`; False if it failed (reported)."""
+        return self._write("write_preprocess", tr, tr, motion, fd, **extra)
+
+    def write_conditions(self, tr: int, payload: dict) -> bool:
+        """:meth:`SessionRecord.write_conditions`; False if it failed (reported)."""
+        return self._write("write_conditions", tr, tr, payload)
+
+    def write_clip(self, tr: int, frames: np.ndarray) -> bool:
+        """:meth:`SessionRecord.write_clip`; False if it failed (reported)."""
+        return self._write("write_clip", tr, tr, frames)
+
+    def close(self, status: str = "closed", video_fps: float | None = None) -> bool:
+        """:meth:`SessionRecord.close`; False (logged) if ``session.json`` could not be updated."""
+        try:
+            self.record.close(status, video_fps)
+        except RecordError as exc:
+            log.error("%s", exc)
+            return False
+        return True
 
 
 def _encode_clips(path: Path, fps: float) -> int:

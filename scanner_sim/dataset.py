@@ -256,11 +256,16 @@ def _open_subject_file(cfg: DatasetConfig, root: Path, index: int) -> h5py.File:
     path = root / f"sub-{index + 1:02d}.h5"
     runs = plan_runs(cfg)
     if path.exists():
-        f = h5py.File(path, "a")
-        if f.attrs.get("fingerprint") == fingerprint(cfg):
-            return f
-        f.close()
-        path.unlink()
+        try:
+            f = h5py.File(path, "a")
+        except OSError as exc:  # interrupted before its metadata reached the disk
+            log.warning("%s is unreadable (%s); starting this subject again", path, exc)
+            path.unlink()
+        else:
+            if f.attrs.get("fingerprint") == fingerprint(cfg):
+                return f
+            f.close()
+            path.unlink()
     subject = _subject(cfg, index)
     f = h5py.File(path, "w")
     dims = cfg.brain.dims
@@ -333,15 +338,17 @@ def generate(cfg: DatasetConfig, out: Path, progress: bool = True) -> Path:
         )
     )
     _write_stimuli(cfg, out)
-    files = {i: _open_subject_file(cfg, out, i) for i in range(cfg.subjects)}
-    try:
-        tasks = [
-            (cfg, str(out), s, r.index)
-            for s in range(cfg.subjects)
-            for r in runs
-            if not files[s]["run_done"][r.index]
-        ]
-        with _pool(cfg.workers) as pool:
+    # The worker pool is forked before any subject file is opened: forked workers would
+    # otherwise inherit the files' HDF5 locks and keep finished subjects unreadable.
+    with _pool(cfg.workers) as pool:
+        files = {i: _open_subject_file(cfg, out, i) for i in range(cfg.subjects)}
+        try:
+            pending = {s: [r.index for r in runs if not f["run_done"][r.index]] for s, f in files.items()}
+            for s in [s for s, todo in pending.items() if not todo]:
+                files.pop(s).close()
+            # Subject-major: each subject's file is closed as soon as its last run is written,
+            # so training on finished subjects can start while later ones are generated.
+            tasks = [(cfg, str(out), s, r) for s in sorted(pending) for r in pending[s]]
             it = pool.imap(_acquire_task, tasks)
             for s, r, vols, motion, fd, spikes, bold in tqdm(
                 it, total=len(tasks), desc="runs", unit="run", disable=not progress
@@ -352,9 +359,12 @@ def generate(cfg: DatasetConfig, out: Path, progress: bool = True) -> Path:
                 f["bold_clean"][runs[r].segment] = bold
                 f["run_done"][r] = True
                 f.flush()
-    finally:
-        for f in files.values():
-            f.close()
+                pending[s].remove(r)
+                if not pending[s]:
+                    files.pop(s).close()
+        finally:
+            for f in files.values():
+                f.close()
     data = json.loads(manifest.read_text())
     data["complete"] = True
     manifest.write_text(json.dumps(data, indent=1))
@@ -391,10 +401,8 @@ class Dataset:
             raise ValueError(
                 f"{self.root}: dataset format {self.manifest.get('format')} is not {FORMAT_VERSION}"
             )
-        if not self.manifest.get("complete"):
-            raise ValueError(
-                f"{self.root}: generation did not finish; run `scanner-sim generate` again to resume"
-            )
+        # An unfinished dataset opens; a subject whose runs are not all written is refused.
+        self.complete = bool(self.manifest.get("complete"))
         cfg = self.manifest["config"]
         self.config = update(DatasetConfig(), cfg)
         self.subjects: list[str] = self.manifest["subjects"]
@@ -419,8 +427,21 @@ class Dataset:
         if name not in self.subjects:
             raise KeyError(f"no subject {name!r}; this dataset has {', '.join(self.subjects)}")
         if name not in self._subs:
-            self._subs[name] = h5py.File(self.root / f"{name}.h5", "r")
+            try:
+                f = h5py.File(self.root / f"{name}.h5", "r")
+            except OSError as exc:  # still open for writing (HDF5 file lock), or missing
+                raise ValueError(self._unfinished(name, str(exc))) from exc
+            if not self.complete and not f["run_done"][()].all():
+                f.close()
+                raise ValueError(self._unfinished(name, "some runs are not written yet"))
+            self._subs[name] = f
         return self._subs[name]
+
+    def _unfinished(self, name: str, why: str) -> str:
+        return (
+            f"{self.root}: subject {name} cannot be read ({why}); generation did not finish: "
+            "run `scanner-sim generate` again to resume"
+        )
 
     def geometry(self, name: str):
         """The VolumeGeometry of a subject's volumes."""

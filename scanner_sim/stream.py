@@ -9,11 +9,14 @@ push. Faults (:mod:`scanner_sim.faults`) are injected by TR index and logged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import json
 import logging
 import multiprocessing as mp
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,7 +118,19 @@ def simulated_source(cfg: StreamConfig) -> StreamSource:
     return StreamSource(geometry, cfg.n_tr, run.volumes, movie.frames, cfg.stim.fps, run.motion)
 
 
-def _produce(it: Iterator[np.ndarray], q) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this child when the streaming process dies (even by
+    SIGKILL), so no producer is left behind holding a subject's volumes."""
+    with contextlib.suppress(Exception):  # not Linux / no libc: the daemon flag still applies
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(0)
+
+
+def _produce(it: Iterator[np.ndarray], q, parent: int) -> None:
+    _die_with_parent(parent)
     try:
         for v in it:
             q.put(v)
@@ -131,7 +146,7 @@ def _prefetch(it: Iterator[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
     """
     ctx = mp.get_context("fork")
     q = ctx.Queue(depth)
-    proc = ctx.Process(target=_produce, args=(it, q), daemon=True, name="volume-producer")
+    proc = ctx.Process(target=_produce, args=(it, q, os.getpid()), daemon=True, name="volume-producer")
     proc.start()
     try:
         while (v := q.get()) is not None:

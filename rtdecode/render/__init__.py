@@ -74,13 +74,41 @@ class LatentRenderer(Renderer):
             return to_uint8(self.ae.decode(conditions.blurry))
 
 
-def load_renderer(bundle) -> Renderer:
-    """The renderer a bundle calls for: its blurry frames resampled (``ridge``) or its
-    autoencoder decoding the perception latents (``neurons``)."""
+def load_renderer(bundle, spec: str = "bundle", steps: int | None = None) -> Renderer:
+    """The renderer for a bundle.
+
+    Parameters
+    ----------
+    bundle
+        The loaded :class:`~rtdecode.bundle.Bundle`.
+    spec
+        ``bundle``: the bundle's own — the distilled diffusion student when it ships a renderer,
+        else its autoencoder decoding the perception latents (``neurons``) or its blurry frames
+        resampled (``ridge``); ``blurry``: the decoded blurry video without diffusion;
+        ``teacher``: the bundle's diffusion teacher; ``diffusers:PATH``: a local diffusers
+        pipeline directory.
+    steps
+        Sampler steps (default: the bundle's setting for the student or teacher).
+    """
     m = bundle.manifest
+    if spec.startswith("diffusers:"):
+        from rtdecode.render.diffusers_pipeline import load_diffusers_renderer
+
+        return load_diffusers_renderer(spec, m["frames_per_tr"], tuple(m["frame_size"]), steps=steps or 4)
+    if spec not in ("bundle", "blurry", "student", "teacher"):
+        raise ValueError(f"unknown renderer {spec!r} (bundle, blurry, student, teacher or diffusers:PATH)")
     if bundle.kind == "neurons":
         from rtdecode.train.encoders import load_encoders
 
-        ae = load_encoders(bundle.tensors, {"ae": m["encoders"]["models"]["ae"]})["ae"]
-        return LatentRenderer(ae)
+        models = load_encoders(bundle.tensors, {k: m["encoders"]["models"][k] for k in ("ae", "clip")})
+        if spec != "blurry" and "renderer" in m:
+            from rtdecode.render.diffusion import diffusion_renderer
+
+            which = "teacher" if spec == "teacher" else "student"
+            return diffusion_renderer(bundle.tensors, m["renderer"], models, which, steps)
+        if spec in ("student", "teacher"):
+            raise ValueError(f"bundle {bundle.path} ships no diffusion renderer")
+        return LatentRenderer(models["ae"])
+    if spec in ("student", "teacher"):
+        raise ValueError(f"bundle {bundle.path} ({bundle.kind}) has no diffusion renderer")
     return UpsampleRenderer(m["frames_per_tr"], tuple(m["frame_size"]))

@@ -25,7 +25,7 @@ from rtdecode.conditions import Conditions
 from rtdecode.models.video_denoiser import VideoDenoiser, condition_inputs
 from rtdecode.render import Renderer
 
-__all__ = ["DiffusionRenderer", "flow_schedule", "sample_flow"]
+__all__ = ["DiffusionRenderer", "diffusion_renderer", "flow_schedule", "sample_flow"]
 
 
 def flow_schedule(steps: int, strength: float) -> FlowMatchEulerDiscreteScheduler:
@@ -98,20 +98,31 @@ class DiffusionRenderer(Renderer):
         self.tail: torch.Tensor | None = None
 
     def inputs(self, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Start latents, condition channels and tokens of one TR's conditions (batch of 1)."""
+        """Start latents, condition channels and tokens of one TR's conditions (batch of 1).
 
-        def t(a):
-            return torch.as_tensor(np.asarray(a, np.float32)).unsqueeze(0)
+        A missing condition (None, or an empty caption) enters as zeros — what the teacher saw
+        under its condition drop-out — so bundles without a head, and ablations, still render.
+        """
+        c = self.model.cfg
+        if cond.blurry is None:
+            raise ValueError(f"TR {cond.tr}: the diffusion renderer needs decoded blurry latents")
+        blurry = torch.as_tensor(np.asarray(cond.blurry, np.float32)).unsqueeze(0)
+        lat = blurry.shape[2:]
 
-        blurry = t(cond.blurry)
-        text = self.text_encoder([cond.caption or ""])
+        def t(a, shape):
+            return torch.zeros(1, *shape) if a is None else torch.as_tensor(np.asarray(a, np.float32))[None]
+
+        if cond.caption:
+            text = torch.as_tensor(np.asarray(self.text_encoder([cond.caption]), np.float32))
+        else:
+            text = torch.zeros(1, c.embed_dim)
         channels, tok = condition_inputs(
             blurry,
-            t(cond.mask),
-            t(cond.keyframe),
-            t(cond.semantic),
-            torch.as_tensor(text, dtype=torch.float32),
-            t(cond.concepts),
+            t(cond.mask, (c.mask_frames, *lat[1:])),
+            t(cond.keyframe, lat),
+            t(cond.semantic, (c.embed_dim,)),
+            text,
+            t(cond.concepts, (c.n_concepts,)),
             self.frames_per_tr,
         )
         tokens = self.model.tokens(**tok)
@@ -146,3 +157,44 @@ class DiffusionRenderer(Renderer):
         self.last_latents = latents
         with torch.no_grad():
             return to_uint8(self.ae.decode(latents))
+
+
+def diffusion_renderer(
+    tensors: dict[str, np.ndarray],
+    spec: dict,
+    encoders: dict,
+    which: str = "student",
+    steps: int | None = None,
+    **kwargs,
+) -> DiffusionRenderer:
+    """A :class:`DiffusionRenderer` from a bundle's tensors and its manifest's ``renderer`` entry.
+
+    Parameters
+    ----------
+    tensors
+        The bundle's tensors (``teacher.*``/``student.*`` denoiser weights).
+    spec
+        ``renderer.json`` as written by ``rtdecode train renderer`` (config, strength, steps).
+    encoders
+        ``{"ae": autoencoder, "clip": world-CLIP}`` (decoding latents, embedding captions).
+    which
+        ``student`` (few steps) or ``teacher``.
+    steps
+        Sampler steps; default the spec's ``student_steps`` / ``teacher_steps``.
+    """
+    from rtdecode.models import load_module
+
+    if which not in ("student", "teacher"):
+        raise ValueError(f"which must be student or teacher, got {which!r}")
+    model = VideoDenoiser.from_config(spec["config"])
+    load_module(model, tensors, f"{which}.")
+    clip = encoders["clip"]
+
+    def text_encoder(texts: list[str]) -> np.ndarray:
+        with torch.no_grad():
+            return np.asarray(clip.encode_text(texts), np.float32)
+
+    n = steps or int(spec[f"{which}_steps"])
+    return DiffusionRenderer(
+        model.float(), encoders["ae"], text_encoder, n, float(spec["strength"]), **kwargs
+    )

@@ -475,8 +475,10 @@ def save_decoder_bundle(
     tokenizer: WordTokenizer,
     encoders_dir: Path,
     extra_metrics: dict | None = None,
+    fusion: dict | None = None,
 ):
-    """Write the ``neurons`` bundle: decoder + encoders (one directory, safetensors only)."""
+    """Write the ``neurons`` bundle: decoder + encoders (+ the diffusion renderer when trained),
+    one directory, safetensors only. ``fusion``: the calibrated same-scene threshold."""
     import json
     import shutil
 
@@ -486,10 +488,16 @@ def save_decoder_bundle(
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("encoders.safetensors", "encoders.json"):
+    # The stimulus-side models travel with the decoder: the encoders always, the diffusion
+    # renderer (``rtdecode train renderer``) when it was trained with these encoders.
+    shipped = ["encoders.safetensors", "encoders.json"]
+    if (Path(encoders_dir) / "renderer.safetensors").exists():
+        shipped += ["renderer.safetensors", "renderer.json"]
+    for name in shipped:
         if (Path(encoders_dir) / name).resolve() != (out / name).resolve():
             shutil.copy(Path(encoders_dir) / name, out / name)
     encoders = json.loads((out / "encoders.json").read_text())
+    renderer = json.loads((out / "renderer.json").read_text()) if "renderer.json" in shipped else None
     with Dataset(cfg.dataset) as ds:
         geo = ds.geometry(cfg.subject).to_dict()
         dcfg = ds.config
@@ -512,6 +520,8 @@ def save_decoder_bundle(
             "motion_std": run.motion_norm[1].tolist(),
         },
         "encoders": encoders,
+        **({"renderer": renderer} if renderer else {}),
+        **({"fusion": fusion} if fusion else {}),
         "preprocess": {k: getattr(cfg.preprocess, k) for k in cfg.preprocess.__dataclass_fields__},
         "training": {
             "dataset": fingerprint,
@@ -528,7 +538,8 @@ def save_decoder_bundle(
         "select": run.select.astype(np.int32),
         **module_tensors(run.model, "decoder.", dtype=np.float16),
     }
-    return save_bundle(out, manifest, tensors, include=("encoders.safetensors",))
+    include = tuple(n for n in shipped if n.endswith(".safetensors"))
+    return save_bundle(out, manifest, tensors, include=include)
 
 
 def stimuli_vocabulary() -> tuple[str, ...]:
@@ -541,11 +552,19 @@ def stimuli_vocabulary() -> tuple[str, ...]:
 def train_decoders_cli(cfg: DecodersConfig, progress: bool = True):
     """``rtdecode train decoders``: train one subject's decoder and write its bundle."""
     from rtdecode.train.evaluate import load_stimulus_models
+    from rtdecode.train.evaluate_render import calibrate_fusion_on_runs
     from rtdecode.train.targets import compute_targets
     from scanner_sim import stimuli
+    from scanner_sim.dataset import Dataset
 
     models, digest = load_stimulus_models(cfg.encoders)
     tokenizer = WordTokenizer(stimuli.caption_vocabulary())
     targets = compute_targets(cfg.dataset, models, digest, tokenizer, 24, progress)
-    run = train_decoder(cfg, targets, tokenizer, targets.image_emb.shape[1], progress=progress)
-    return save_decoder_bundle(cfg, run, tokenizer, cfg.encoders)
+    prep, select = prepare(cfg, progress)
+    run = train_decoder(cfg, targets, tokenizer, targets.image_emb.shape[1], prep, select, progress)
+    with Dataset(cfg.dataset) as ds:
+        data = DecoderData(prep, ds.runs, ds.config.segment_trs, select, cfg.lags, cfg.warmup)
+        fit_runs, val_runs, _ = _splits(ds.runs)
+        fusion = calibrate_fusion_on_runs(run, data, fit_runs + val_runs, ds, tokenizer)
+    log.info("fusion threshold %.3f (training ROC AUC %.3f)", fusion["threshold"], fusion["train"]["auc"])
+    return save_decoder_bundle(cfg, run, tokenizer, cfg.encoders, fusion=fusion)

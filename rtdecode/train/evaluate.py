@@ -25,7 +25,25 @@ from rtdecode.metrics import evaluate_clips, write_table
 from rtdecode.models.text import WordTokenizer
 from rtdecode.render import resize_clip
 from rtdecode.train.data import frame_targets
-from rtdecode.train.decoders import DecoderData, DecodersConfig, _splits, prepare, train_decoder
+from rtdecode.train.decoders import (
+    DecoderData,
+    DecodersConfig,
+    _splits,
+    prepare,
+    train_decoder,
+)
+from rtdecode.train.evaluate_render import (
+    ABLATIONS,
+    blocks,
+    calibrate_fusion_on_runs,
+    consecutive_similarity,
+    decoded_conditions,
+    fusion_roc,
+    oracle_conditions,
+    same_scene_truth,
+    score_rows,
+    steps_curve,
+)
 from rtdecode.train.interpret import roi_saliency
 from rtdecode.train.retrieval import RetrievalBaseline, clip_features
 from rtdecode.train.ridge import _pca, fit_ridge
@@ -44,8 +62,14 @@ class EvaluateConfig:
 
     subjects: tuple[str, ...] = ("sub-01", "sub-02", "sub-03")
     out: Path = field(default=Path("benchmarks/results/decoding"), metadata={"help": "table directory"})
-    every: int = field(default=1, metadata={"help": "score every n-th test TR (1: all)"})
-    methods: tuple[str, ...] = ("ridge", "retrieval", "rtdecode")
+    clips: int = field(default=240, metadata={"help": "test TRs scored per subject (0: all)"})
+    block: int = field(default=24, metadata={"help": "scored test TRs come in contiguous blocks of this"})
+    methods: tuple[str, ...] = ("ridge", "retrieval", "decoders", "rtdecode")
+    ablations: bool = field(default=True, metadata={"help": "renderer ablation and oracle rows"})
+    curve_clips: int = field(default=96, metadata={"help": "test TRs of the steps curve (first subject)"})
+    merge: tuple[Path, ...] = field(
+        default=(), metadata={"help": "combine earlier runs' output directories (e.g. one per subject)"}
+    )
     decoder: DecodersConfig = field(default_factory=DecodersConfig)
 
 
@@ -149,8 +173,73 @@ def _decoder_recon(run, models: dict) -> np.ndarray:
     return frames.transpose(0, 2, 3, 1).reshape(n, fr, *frames.shape[2:], 3)
 
 
+def _fusion(run, data, fit_runs, ds, tokenizer, test_index, same_true, keep) -> dict:
+    """The calibrated same-scene threshold, with its ROC on the scored test TRs."""
+    fusion = calibrate_fusion_on_runs(run, data, fit_runs, ds, tokenizer)
+    sim = consecutive_similarity(run.test_outputs["semantic"][keep], test_index[keep])
+    return {**fusion, "test": fusion_roc(sim, same_true)}
+
+
+def _render_rows(cfg, run, models, targets, index, keep, truth, same_true, threshold, scorers, first):
+    """rtdecode (full) through the bundle's diffusion student, ablations, oracle, steps curve."""
+    from safetensors.numpy import load_file
+
+    from rtdecode.render.diffusion import diffusion_renderer
+
+    spec = json.loads((Path(cfg.decoder.encoders) / "renderer.json").read_text())
+    tensors = load_file(str(Path(cfg.decoder.encoders) / "renderer.safetensors"))
+    student = diffusion_renderer(tensors, spec, models, "student")
+    conds = decoded_conditions(run.test_outputs, run.test_index, keep)
+    changes = {"rtdecode (full)": {}}
+    if cfg.ablations:
+        changes.update({f"rtdecode {k}": v for k, v in ABLATIONS.items()})
+    rows = score_rows(student, conds, truth, index, same_true, scorers, threshold, changes)
+    if cfg.ablations:
+        oracle = oracle_conditions(targets, index)
+        rows.update(score_rows(student, oracle, truth, index, same_true, scorers, threshold, {"oracle": {}}))
+    curve = {}
+    if first and cfg.curve_clips:
+        sel = slice(0, cfg.curve_clips)
+        teacher = diffusion_renderer(tensors, spec, models, "teacher")
+        curve = steps_curve(
+            {"teacher": teacher, "student": student},
+            {"teacher": (1, 2, 4, 8, 16), "student": (1, 2, 4)},
+            conds[sel],
+            truth[sel],
+            scorers,
+        )
+    return rows, curve
+
+
+def _method(row: str) -> str:
+    return row.rsplit(" (", 1)[0]
+
+
+def merge_results(dirs: tuple[Path, ...], out: Path) -> dict:
+    """Combine the tables of several ``rtdecode evaluate`` runs (e.g. one per subject, run in
+    parallel) into one, with a per-method mean over subjects (``… (mean)``) first."""
+    rows: dict[str, dict[str, float]] = {}
+    subtasks: dict[str, dict] = {}
+    for d in dirs:
+        rows.update(json.loads((Path(d) / "table.json").read_text())["rows"])
+        subtasks.update(json.loads((Path(d) / "subtasks.json").read_text()))
+    means: dict[str, dict[str, float]] = {}
+    for method in dict.fromkeys(_method(r) for r in rows):
+        group = [v for r, v in rows.items() if _method(r) == method]
+        keys = [k for k in group[0] if all(g.get(k) is not None for g in group)]
+        means[f"{method} (mean of {len(group)})"] = {k: float(np.mean([g[k] for g in group])) for k in keys}
+    merged = {**means, **rows}
+    meta = {"command": "rtdecode evaluate (per subject) + --merge", "merged": [str(d) for d in dirs]}
+    write_table(Path(out) / "table", merged, meta)
+    (Path(out) / "subtasks.json").write_text(json.dumps(subtasks, indent=1, default=float))
+    return {"rows": merged, "subtasks": subtasks}
+
+
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
-    """Train/fit every method on every subject, score them, write the table."""
+    """Train/fit every method on every subject, score them, write the table (or, with
+    ``cfg.merge``, combine earlier runs' tables)."""
+    if cfg.merge:
+        return merge_results(cfg.merge, cfg.out)
     models, digest = load_stimulus_models(cfg.decoder.encoders)
     tokenizer = WordTokenizer(stimuli.caption_vocabulary())
     targets = compute_targets(cfg.decoder.dataset, models, digest, tokenizer, 24, progress)
@@ -168,24 +257,46 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             fit_runs, val_runs, test_runs = _splits(ds.runs)
             fit_samples = data.samples(fit_runs + val_runs)
             x_test, test_index = data.averaged(test_runs)
-            keep = np.arange(0, len(test_index), cfg.every)
+            n = len(test_index)
+            keep = blocks(n, cfg.block, cfg.clips // cfg.block) if cfg.clips else np.arange(n)
             truth = _ground_truth(ds, test_index[keep]).astype(np.float32) / 255
             voxel_roi = ds.subject(subject)["roi"][()].ravel()[run.mask_index[select]]
             subtasks[subject]["roi_saliency"] = roi_saliency(
                 run.model, x_test[:: max(1, len(x_test) // 200)], voxel_roi
             )
             recon = {}
-            if "rtdecode" in cfg.methods:
-                recon["rtdecode"] = _decoder_recon(run, models)[keep]
+            if "decoders" in cfg.methods:
+                recon["decoders (blurry)"] = _decoder_recon(run, models)[keep]
             if "ridge" in cfg.methods:
                 recon["ridge"] = _ridge_recon(data, ds, fit_samples, x_test[keep])
             if "retrieval" in cfg.methods:
                 recon["retrieval"] = _retrieval_recon(data, ds, targets, fit_samples, x_test[keep])
+            same_true = same_scene_truth(ds, test_index[keep])
+            if "rtdecode" in cfg.methods:
+                fusion = _fusion(run, data, fit_runs + val_runs, ds, tokenizer, test_index, same_true, keep)
+                subtasks[subject]["fusion"] = fusion
         for method, pred in recon.items():
             rows[f"{method} ({subject})"] = evaluate_clips(
                 pred.astype(np.float32), truth, frame_cls, video_cls, embed, rng=0
             )
             log.info("%s %s: %s", subject, method, rows[f"{method} ({subject})"])
+        if "rtdecode" in cfg.methods:
+            render_rows, curve = _render_rows(
+                cfg,
+                run,
+                models,
+                targets,
+                test_index[keep],
+                keep,
+                truth,
+                same_true,
+                fusion["threshold"],
+                (frame_cls, video_cls, embed),
+                first=subject == cfg.subjects[0],
+            )
+            rows.update({f"{k} ({subject})": v for k, v in render_rows.items()})
+            if curve:
+                subtasks["steps_curve"] = curve
         log.info("%s done in %.0f s", subject, time.time() - t0)
     meta = {"config": config_to_dict(cfg), "subtasks": subtasks, "command": "rtdecode evaluate"}
     write_table(Path(cfg.out) / "table", rows, meta)

@@ -65,7 +65,8 @@ def test_300_trs_with_faults_lose_nothing(tiny_bundle, source_id, tmp_path):
         bundle=tiny_bundle,
         sessions=tmp_path / "sessions",
         log_every=0,
-        ingest=IngestConfig(source_id=source_id, max_trs=300, lost_timeout_s=15.0),
+        # resolve: the simulator builds its subject first (slow on a loaded CI machine)
+        ingest=IngestConfig(source_id=source_id, max_trs=300, lost_timeout_s=15.0, resolve_timeout_s=180.0),
     )
     engine = Engine(cfg, [collect])
     try:

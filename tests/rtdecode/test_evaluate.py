@@ -1,0 +1,58 @@
+"""``rtdecode evaluate`` end to end on the tiny dataset: every row of the table is produced."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rtdecode.train.decoders import DecodersConfig
+from rtdecode.train.evaluate import EvaluateConfig, evaluate
+from rtdecode.train.evaluate_render import blocks, same_scene_truth
+from scanner_sim.dataset import Dataset
+
+DEFAULT = Path(__file__).resolve().parents[2] / "engines" / "default"
+
+
+def test_blocks_are_contiguous_and_spread():
+    idx = blocks(100, 10, 3)
+    assert len(idx) == 30 and idx[0] == 0 and idx[-1] == 99
+    assert np.all(np.diff(idx[:10]) == 1)
+
+
+def test_scene_truth_follows_the_movie(tiny_dataset):
+    with Dataset(tiny_dataset) as ds:
+        t = ds.config.segment_trs
+        index = np.arange(2 * t)
+        same = same_scene_truth(ds, index)
+        scene = ds.stimuli["scene"][()]
+        f = ds.config.frames_per_tr
+    assert not same[0] and not same[t]  # a segment's first TR continues nothing
+    cuts = [k for k in range(1, t) if not same[k]]
+    assert cuts and all(scene[k * f + f // 2] != scene[k * f - f // 2] for k in cuts)
+    assert all(scene[k * f + f // 2] == scene[k * f - f // 2] for k in range(1, t) if same[k])
+
+
+def test_evaluate_writes_every_row(tiny_dataset, tmp_path):
+    torch.set_num_threads(1)
+    cfg = EvaluateConfig(
+        subjects=("sub-01",),
+        out=tmp_path / "table",
+        clips=8,
+        block=4,
+        curve_clips=2,
+        decoder=DecodersConfig(
+            dataset=tiny_dataset, encoders=DEFAULT, out=tmp_path / "bundle", steps=40, n_voxels=400, warmup=5
+        ),
+    )
+    res = evaluate(cfg, progress=False)
+    rows = res["rows"]
+    for name in ("ridge", "retrieval", "decoders (blurry)", "rtdecode (full)", "rtdecode − fusion", "oracle"):
+        row = rows[f"{name} (sub-01)"]
+        assert np.isfinite(row["ssim_gray"]) and 0 <= row["video_2way"] <= 1
+    full = rows["rtdecode (full) (sub-01)"]
+    assert full["ms_per_clip"] > 0 and "boundary_clip_pcc_same" in full
+    fusion = res["subtasks"]["sub-01"]["fusion"]
+    assert 0 < fusion["threshold"] <= 1 and 0 <= fusion["test"]["auc"] <= 1
+    curve = res["subtasks"]["steps_curve"]
+    assert {"teacher 16 steps", "student 2 steps"} <= set(curve)
+    assert (tmp_path / "table" / "table.md").exists()
