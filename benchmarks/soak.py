@@ -287,11 +287,12 @@ def main() -> int:
         *(x for kind, n in counts.items() for x in (f"--faults.{kind.replace('_', '-')}", f"random:{n}")),
         *(["--no-stimulus-stream"] if args.no_stimulus else []),
     ]
+    # resolve: the simulator builds hours of BOLD before its first volume (minutes when loaded)
     ecfg = EngineConfig(
         bundle=args.bundle,
         sessions=sessions,
         log_every=0,
-        ingest=IngestConfig(source_id=sid, max_trs=n_tr, lost_timeout_s=15.0, resolve_timeout_s=180.0),
+        ingest=IngestConfig(source_id=sid, max_trs=n_tr, lost_timeout_s=15.0, resolve_timeout_s=900.0),
     )
     if args.renderer:
         ecfg = dataclasses.replace(ecfg, renderer=args.renderer)

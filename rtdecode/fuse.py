@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Fuser", "FusionConfig", "calibrate_threshold", "roc_curve"]
+__all__ = ["Fuser", "FusionConfig", "calibrate_threshold", "render_fused", "roc_curve"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,23 @@ class Fuser:
         self.prev_tr = tr
         self.prev_tail = out[-1]
         return out
+
+
+def render_fused(renderer, fuser: Fuser, cond) -> tuple[np.ndarray, bool, float]:
+    """Render one TR's conditions and fuse the clip into the stream.
+
+    When the decoded keyframe embedding (``cond.semantic``) says the scene goes on from the
+    previous TR, a renderer that can continue (``continue_from``) starts from the previous
+    clip's last latent, and the boundary is cross-faded; on a cut the clip starts fresh.
+
+    Returns
+    -------
+    clip, same, similarity
+        The frames to emit, the decision and the similarity behind it.
+    """
+    same, similarity = fuser.same_scene(cond.tr, cond.semantic)
+    if hasattr(renderer, "continue_from"):
+        tail = getattr(renderer, "last_latents", None)
+        renderer.continue_from(tail[-1] if same and tail is not None else None)
+    clip = fuser.push(cond.tr, renderer.render(cond), cond.semantic, same, similarity)
+    return clip, same, similarity

@@ -30,7 +30,7 @@ from rtdecode.bundle import Bundle, load_bundle
 from rtdecode.conditions import Conditions
 from rtdecode.config import config_to_dict
 from rtdecode.decode import Decoder, load_decoder
-from rtdecode.fuse import Fuser, FusionConfig
+from rtdecode.fuse import Fuser, FusionConfig, render_fused
 from rtdecode.geometry import VolumeGeometry
 from rtdecode.ingest import FrameIngest, IngestConfig, VolumeIngest
 from rtdecode.lsl import local_clock
@@ -345,18 +345,8 @@ class Engine:
 
     # ------------------------------------------------------------------ health
     def _render_fused(self, cond: Conditions) -> tuple[np.ndarray, dict[str, Any]]:
-        """Render one TR's clip and fuse it into the stream (model thread).
-
-        Multi-fMRI fusion: when the decoded keyframe embedding says the scene goes on from the
-        previous TR, the renderer starts from the previous clip's last latent and the boundary
-        is cross-faded; on a cut the clip starts fresh.
-        """
-        embedding = cond.semantic
-        same, similarity = self.fuser.same_scene(cond.tr, embedding)
-        tail = getattr(self.renderer, "last_latents", None)
-        if hasattr(self.renderer, "continue_from"):
-            self.renderer.continue_from(tail[-1] if same and tail is not None else None)
-        clip = self.fuser.push(cond.tr, self.renderer.render(cond), embedding, same, similarity)
+        """Render one TR's clip and fuse it into the stream (model thread)."""
+        clip, same, similarity = render_fused(self.renderer, self.fuser, cond)
         return clip, {"same_scene": bool(same), "similarity": round(similarity, 4)}
 
     def _status(self, vol: Volume, result: Preprocessed) -> dict[str, Any]:

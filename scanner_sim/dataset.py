@@ -403,6 +403,11 @@ class Dataset:
             )
         # An unfinished dataset opens; a subject whose runs are not all written is refused.
         self.complete = bool(self.manifest.get("complete"))
+        if not self.complete and not {"config", "subjects", "runs"} <= self.manifest.keys():
+            raise ValueError(
+                f"{self.root}: generation stopped before the dataset's plan was written; "
+                "run `scanner-sim generate` again to resume"
+            )
         cfg = self.manifest["config"]
         self.config = update(DatasetConfig(), cfg)
         self.subjects: list[str] = self.manifest["subjects"]

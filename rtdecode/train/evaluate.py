@@ -230,7 +230,7 @@ def merge_results(dirs: tuple[Path, ...], out: Path) -> dict:
         means[f"{method} (mean of {len(group)})"] = {k: float(np.mean([g[k] for g in group])) for k in keys}
     merged = {**means, **rows}
     meta = {"command": "rtdecode evaluate (per subject) + --merge", "merged": [str(d) for d in dirs]}
-    write_table(Path(out) / "table", merged, meta)
+    write_table(Path(out) / "table.md", merged, meta)
     (Path(out) / "subtasks.json").write_text(json.dumps(subtasks, indent=1, default=float))
     return {"rows": merged, "subtasks": subtasks}
 
@@ -299,6 +299,6 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
                 subtasks["steps_curve"] = curve
         log.info("%s done in %.0f s", subject, time.time() - t0)
     meta = {"config": config_to_dict(cfg), "subtasks": subtasks, "command": "rtdecode evaluate"}
-    write_table(Path(cfg.out) / "table", rows, meta)
+    write_table(Path(cfg.out) / "table.md", rows, meta)
     (Path(cfg.out) / "subtasks.json").write_text(json.dumps(subtasks, indent=1, default=float))
     return {"rows": rows, "subtasks": subtasks}

@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 
 from rtdecode.conditions import Conditions
-from rtdecode.fuse import Fuser, FusionConfig, calibrate_threshold, roc_curve
+from rtdecode.fuse import Fuser, FusionConfig, calibrate_threshold, render_fused, roc_curve
 from rtdecode.metrics import epe, evaluate_clips
 from rtdecode.train.targets import Targets
 
@@ -135,11 +135,8 @@ def render_clips(
     clips, same = [], []
     t0 = time.perf_counter()
     for cond in conditions:
-        s, sim = fuser.same_scene(cond.tr, cond.semantic)
-        tail = getattr(renderer, "last_latents", None)
-        if hasattr(renderer, "continue_from"):
-            renderer.continue_from(tail[-1] if s and tail is not None else None)
-        clips.append(fuser.push(cond.tr, renderer.render(cond), cond.semantic, s, sim))
+        clip, s, _ = render_fused(renderer, fuser, cond)
+        clips.append(clip)
         same.append(s)
     ms = (time.perf_counter() - t0) * 1000 / max(len(conditions), 1)
     return np.stack(clips), np.asarray(same), ms

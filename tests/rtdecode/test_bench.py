@@ -120,6 +120,8 @@ def test_bench_latency_real_path(tmp_path):
         "10",
         "--renderer",
         "bundle",
+        "--backend",
+        "torch",  # no engine export inside a test (tests/rtdecode/test_backends.py covers that)
         "--bundle",
         str(ROOT / "engines/default"),
         "--out",

@@ -1,6 +1,7 @@
 import numpy as np
 
-from rtdecode.fuse import Fuser, FusionConfig, calibrate_threshold, roc_curve
+from rtdecode.conditions import Conditions
+from rtdecode.fuse import Fuser, FusionConfig, calibrate_threshold, render_fused, roc_curve
 
 
 def test_roc_and_threshold():
@@ -28,3 +29,28 @@ def test_same_scene_blends_and_cuts_stay_cuts():
     assert not f.decisions[-1][1] and np.array_equal(out, c)
     out = f.push(4, c, np.array([0.0, 1.0]))  # TR 3 missing: no continuation across a gap
     assert not f.decisions[-1][1]
+
+
+class _ContinuingRenderer:
+    """Records what each render was seeded with; its clip's value is the TR."""
+
+    def __init__(self):
+        self.seeds, self.tail = [], None
+
+    def continue_from(self, tail):
+        self.tail = tail
+
+    def render(self, cond):
+        self.seeds.append(None if self.tail is None else float(self.tail.mean()))
+        self.last_latents = np.full((8, 4, 2, 2), float(cond.tr))
+        return np.full((8, 2, 2, 3), 10 * cond.tr, np.uint8)
+
+
+def test_render_fused_continues_a_scene_and_restarts_at_a_cut():
+    r, f = _ContinuingRenderer(), Fuser(FusionConfig(threshold=0.8))
+    e1, e2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    decisions = [
+        render_fused(r, f, Conditions(tr, tr + 3, semantic=e))[1] for tr, e in enumerate([e1, e1, e2])
+    ]
+    assert decisions == [False, True, False]
+    assert r.seeds == [None, 0.0, None]  # TR 1 starts from TR 0's last latent; TR 2 is a cut

@@ -466,5 +466,5 @@ def test_fuzzed_messages_through_the_subscribers(caplog):
     assert not failed_handlers, failed_handlers[:5]  # accepted messages never made a handler fail
     assert sum(1 for r in logged if "skipping a malformed message" in r.getMessage()) == rejected
     assert len(cases) >= 10_000 and rejected >= 7_000
-    assert slowest < 1.0  # no message takes long (no hang, no huge allocation)
+    assert slowest < 10.0  # no hang, no huge allocation (a bound, not a timing: CPUs may be shared)
     window.close()
