@@ -24,7 +24,14 @@ from rtdecode.config import config_to_dict
 from rtdecode.preprocess import PreprocessConfig, brain_mask, preprocess_run
 from scanner_sim.dataset import Dataset
 
-__all__ = ["Prepared", "frame_targets", "prepare_subject", "reliability", "stimulus_windows"]
+__all__ = [
+    "Prepared",
+    "frame_targets",
+    "noiseless_subject",
+    "prepare_subject",
+    "reliability",
+    "stimulus_windows",
+]
 
 log = logging.getLogger("rtdecode.train.data")
 
@@ -49,6 +56,39 @@ class Prepared:
     values: h5py.Dataset
     motion: np.ndarray
     path: Path
+
+
+class _SegmentSeries:
+    """``values[run]`` of a noiseless subject: every repeat of a segment is the same series."""
+
+    def __init__(self, series: np.ndarray, segment_of_run: dict[int, int]) -> None:
+        self.series = series
+        self.segment_of_run = segment_of_run
+        self.shape = (len(segment_of_run), *series.shape[1:])
+
+    def __getitem__(self, run: int) -> np.ndarray:
+        return self.series[self.segment_of_run[int(run)]]
+
+
+def noiseless_subject(root: str | Path, subject: str) -> Prepared:
+    """A subject's noiseless BOLD (``/bold_clean``: the encoding model before scanner noise,
+    drift and head motion) as :class:`Prepared` runs of its visual voxels, z-scored per voxel.
+
+    The decoders trained on it are the evaluation's ceiling: what the same model reaches when
+    the only limit is the simulated brain's encoding, not the scanner.
+    """
+    with Dataset(root) as ds:
+        f = ds.subject(subject)
+        clean = np.asarray(f["bold_clean"][()], np.float32)  # (S, T, V)
+        index = np.asarray(f["visual_index"][()], np.int64)
+        runs = ds.runs
+        train = clean[: ds.config.train_segments]  # normalised by training statistics only
+    mean = train.mean(axis=(0, 1), keepdims=True)
+    std = train.std(axis=(0, 1), keepdims=True) + 1e-6
+    series = ((clean - mean) / std).astype(np.float16)
+    values = _SegmentSeries(series, {r.index: r.segment for r in runs})
+    motion = np.zeros((len(runs), series.shape[1], 6), np.float32)
+    return Prepared(index, values, motion, Path(root) / "dataset.json")
 
 
 def _cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:

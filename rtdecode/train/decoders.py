@@ -420,11 +420,13 @@ def train_decoder(
     select: np.ndarray | None = None,
     progress: bool = True,
     validation: bool = False,
+    tag: str = "",
 ) -> DecoderRun:
     """Train the decoder of one subject (resumable) and score it on the test set.
 
     With ``validation=True`` the last training segment is held out and the scores are on it
-    (for design choices such as the loss weighting; the test set stays untouched).
+    (for design choices such as the loss weighting; the test set stays untouched). ``tag``
+    names a variant's checkpoints apart from the subject's own (e.g. ``-noiseless``).
     """
     from rtdecode.train.loop import TrainConfig, Trainer
     from scanner_sim.dataset import Dataset
@@ -455,10 +457,10 @@ def train_decoder(
         weight_decay=cfg.weight_decay,
         warmup=min(200, cfg.steps // 10),
         seed=cfg.seed,
-        checkpoint_dir=Path(cfg.out) / "checkpoints" / f"decoder-{cfg.subject}",
+        checkpoint_dir=Path(cfg.out) / "checkpoints" / f"decoder-{cfg.subject}{tag}",
         checkpoint_every=cfg.checkpoint_every,
         progress=progress,
-        desc=f"decoder {cfg.subject}",
+        desc=f"decoder {cfg.subject}{tag}",
     )
     result = Trainer(module, lambda m, b: m(b), make_batch, tc).fit()
     x_test, test_index = data.averaged(val_runs if validation else test_runs)

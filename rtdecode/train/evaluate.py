@@ -5,8 +5,10 @@ on the training runs, and two baselines are fitted on the same inputs: ridge reg
 pixels and Nishimoto-style retrieval from a library of training clips. Every method
 reconstructs the held-out test clips (fMRI averaged over the repeats, as cc2017) and is scored
 with the evaluation models (never training targets) by :func:`rtdecode.metrics.evaluate_clips`;
-the decoder's sub-tasks are scored beside their chance levels. Results: a markdown table and
-JSON under ``out``.
+the decoder's sub-tasks are scored beside their chance levels. The ceiling row is the same
+decoder trained and tested on the simulator's noiseless BOLD (``/bold_clean``, all visual
+voxels): what the model reaches when only the simulated brain limits it. Results: a markdown
+table and JSON under ``out``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rtdecode.config import config_to_dict
 from rtdecode.metrics import evaluate_clips, write_table
 from rtdecode.models.text import WordTokenizer
 from rtdecode.render import resize_clip
-from rtdecode.train.data import frame_targets
+from rtdecode.train.data import frame_targets, noiseless_subject
 from rtdecode.train.decoders import (
     DecoderData,
     DecodersConfig,
@@ -64,7 +66,13 @@ class EvaluateConfig:
     out: Path = field(default=Path("benchmarks/results/decoding"), metadata={"help": "table directory"})
     clips: int = field(default=240, metadata={"help": "test TRs scored per subject (0: all)"})
     block: int = field(default=24, metadata={"help": "scored test TRs come in contiguous blocks of this"})
-    methods: tuple[str, ...] = ("ridge", "retrieval", "decoders", "rtdecode")
+    methods: tuple[str, ...] = field(
+        default=("ridge", "retrieval", "decoders", "ceiling", "rtdecode"),
+        metadata={"help": "ridge,retrieval,decoders,ceiling (decoders on noiseless fMRI),rtdecode"},
+    )
+    ceiling_subjects: int = field(
+        default=1, metadata={"help": "the ceiling row for the first N subjects (a decoder each)"}
+    )
     ablations: bool = field(default=True, metadata={"help": "renderer ablation and oracle rows"})
     curve_clips: int = field(default=96, metadata={"help": "test TRs of the steps curve (first subject)"})
     merge: tuple[Path, ...] = field(
@@ -173,6 +181,14 @@ def _decoder_recon(run, models: dict) -> np.ndarray:
     return frames.transpose(0, 2, 3, 1).reshape(n, fr, *frames.shape[2:], 3)
 
 
+def _ceiling_run(dcfg: DecodersConfig, targets: Targets, tokenizer, progress: bool):
+    """The decoder trained and tested on the subject's noiseless BOLD (all visual voxels)."""
+    clean = noiseless_subject(dcfg.dataset, dcfg.subject)
+    select = np.arange(len(clean.mask_index))
+    dim = targets.image_emb.shape[1]
+    return train_decoder(dcfg, targets, tokenizer, dim, clean, select, progress, tag="-noiseless")
+
+
 def _fusion(run, data, fit_runs, ds, tokenizer, test_index, same_true, keep) -> dict:
     """The calibrated same-scene threshold, with its ROC on the scored test TRs."""
     fusion = calibrate_fusion_on_runs(run, data, fit_runs, ds, tokenizer)
@@ -267,6 +283,10 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             recon = {}
             if "decoders" in cfg.methods:
                 recon["decoders (blurry)"] = _decoder_recon(run, models)[keep]
+            if "ceiling" in cfg.methods and subject in cfg.subjects[: cfg.ceiling_subjects]:
+                ceiling = _ceiling_run(dcfg, targets, tokenizer, progress)
+                subtasks[subject]["noiseless"] = dict(ceiling.metrics)
+                recon["decoders, noiseless fMRI (ceiling)"] = _decoder_recon(ceiling, models)[keep]
             if "ridge" in cfg.methods:
                 recon["ridge"] = _ridge_recon(data, ds, fit_samples, x_test[keep])
             if "retrieval" in cfg.methods:

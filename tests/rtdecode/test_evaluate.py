@@ -46,11 +46,13 @@ def test_evaluate_writes_every_row(tiny_dataset, tmp_path):
     )
     res = evaluate(cfg, progress=False)
     rows = res["rows"]
-    for name in ("ridge", "retrieval", "decoders (blurry)", "rtdecode (full)", "rtdecode − fusion", "oracle"):
+    names = ("ridge", "retrieval", "decoders (blurry)", "decoders, noiseless fMRI (ceiling)")
+    for name in (*names, "rtdecode (full)", "rtdecode − fusion", "oracle"):
         row = rows[f"{name} (sub-01)"]
         assert np.isfinite(row["ssim_gray"]) and 0 <= row["video_2way"] <= 1
     full = rows["rtdecode (full) (sub-01)"]
     assert full["ms_per_clip"] > 0 and "boundary_clip_pcc_same" in full
+    assert "concept_top1" in res["subtasks"]["sub-01"]["noiseless"]
     fusion = res["subtasks"]["sub-01"]["fusion"]
     assert 0 < fusion["threshold"] <= 1 and 0 <= fusion["test"]["auc"] <= 1
     curve = res["subtasks"]["steps_curve"]
