@@ -41,8 +41,16 @@ def main() -> int:
     for weighting in ("uniform", "progressive", "uncertainty"):
         t0 = time.time()
         cfg = replace(base, weighting=weighting)
+        # its own checkpoints: neither the subject's real decoder nor another weighting's
         run = train_decoder(
-            cfg, targets, tokenizer, targets.image_emb.shape[1], prep, select, validation=True
+            cfg,
+            targets,
+            tokenizer,
+            targets.image_emb.shape[1],
+            prep,
+            select,
+            validation=True,
+            tag=f"-validation-{weighting}",
         )
         results[weighting] = {**run.metrics, "seconds": time.time() - t0}
         print(weighting, json.dumps(run.metrics, default=float))

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "rtdecode (student, 2 steps)": [final.render(c) for c in conds],
     }
     pick = [0, 5, 10, 15]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 1.1 * len(rows) + 0.4))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 1.35 * len(rows) + 0.5))
     for j, (name, cs) in enumerate(clips.items()):
         for i, clip in enumerate(cs):
             ax = axes[i, j]
@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             if i == 0:
                 ax.set_title(name, fontsize=10)
             if j == 0:
-                ax.set_ylabel(conds[i].caption[:28] or f"TR {conds[i].tr}", fontsize=6)
+                ax.set_ylabel(f"TR {conds[i].tr}", fontsize=8)
+            if j == 2:
+                ax.set_xlabel(f"decoded caption: {conds[i].caption or '—'}", fontsize=7)
     fig.suptitle(f"held-out test TRs, {m['subject']} (frames 1, 6, 11, 16 of each TR)", fontsize=9)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)

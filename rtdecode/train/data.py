@@ -136,6 +136,8 @@ def prepare_subject(
     index = np.flatnonzero(mask.ravel())
     path = Path(root) / "prepared" / f"{subject}-{key}.h5"
     path.parent.mkdir(exist_ok=True)
+    if _complete(path):  # read-only: other processes may be reading the cache meanwhile
+        return _open_prepared(path)
     f = h5py.File(path, "a")
     if "values" not in f:
         f.create_dataset("values", (len(runs), n_tr, index.size), np.float16, chunks=(1, n_tr, index.size))
@@ -159,6 +161,21 @@ def prepare_subject(
                 f["done"][run] = True
                 f.flush()
     f.close()
+    return _open_prepared(path)
+
+
+def _complete(path: Path) -> bool:
+    """Whether a preprocessing cache file exists with every run done."""
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return "done" in f and bool(f["done"][()].all())
+    except OSError:  # being written by another process, or truncated: (re)build it
+        return False
+
+
+def _open_prepared(path: Path) -> Prepared:
     f = h5py.File(path, "r")
     return Prepared(f["mask_index"][()], f["values"], f["motion"][()], path)
 
