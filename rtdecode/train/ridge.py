@@ -50,7 +50,11 @@ def fit_ridge(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float, dict]:
-    """Ridge regression via one SVD; picks the penalty on validation data if given.
+    """Ridge regression in the primal (one Gram matrix, one linear solve per penalty); picks
+    the penalty on validation data if given.
+
+    The Gram matrix costs one GEMM and each penalty one ``p × p`` solve, several times cheaper
+    than an SVD of the ``n × p`` design when ``p`` is thousands of voxels × lags.
 
     Returns
     -------
@@ -60,18 +64,24 @@ def fit_ridge(
     """
     xm = x.mean(0)
     ym = y.mean(0)
-    u, s, vt = np.linalg.svd(x - xm, full_matrices=False)
-    uty = u.T @ (y - ym)
+    xc = np.asarray(x - xm, np.float64)
+    gram = xc.T @ xc
+    xty = xc.T @ np.asarray(y - ym, np.float64)
+    del xc
+    eye = np.eye(len(gram))
+
+    def solve(a: float) -> np.ndarray:
+        return np.linalg.solve(gram + a * eye, xty)
+
     scores: dict = {}
     if x_val is not None and len(alphas) > 1:
         for a in alphas:
-            w = vt.T @ ((s / (s**2 + a))[:, None] * uty)
-            pred = (x_val - xm) @ w + ym
+            pred = (x_val - xm) @ solve(a) + ym
             scores[a] = float(np.mean((pred - y_val) ** 2))
         alpha = min(scores, key=scores.get)
     else:
         alpha = alphas[0]
-    w = vt.T @ ((s / (s**2 + alpha))[:, None] * uty)
+    w = solve(alpha)
     return w.astype(np.float32), (ym - xm @ w).astype(np.float32), float(alpha), scores
 
 
