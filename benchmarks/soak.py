@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from rtdecode.cli import start_simulator  # noqa: E402
 from rtdecode.ingest import IngestConfig  # noqa: E402
 from rtdecode.outputs import Output  # noqa: E402
 from rtdecode.pipeline import Engine, EngineConfig  # noqa: E402
@@ -261,21 +262,10 @@ def main() -> int:
     sent_log, fault_log = work / "sent.jsonl", work / "faults.jsonl"
     sid = f"soak-{uuid.uuid4().hex[:8]}"
     interval = tr / args.speed
-    sim_cmd = [
-        sys.executable,
-        "-m",
-        "scanner_sim.cli",
-        "stream",
-        "--n-tr",
-        str(n_tr),
-        "--speed",
-        str(args.speed),
-        "--source-id",
-        sid,
+    # subject 1, world seed 0, movie seed 1: the stream's defaults
+    stream_opts = [
         "--sent-log",
         str(sent_log),
-        "--wait-consumer-s",
-        "120",
         "--faults.seed",
         str(args.seed),
         "--faults.log-file",
@@ -302,8 +292,18 @@ def main() -> int:
     log.info("soak: %d TRs (%.2f simulated h) at %gx, faults %s", n_tr, args.hours, args.speed, counts)
     with open(work / "sim.log", "w") as sim_log:  # the child keeps its own copy
         # Its own process group: the simulator forks a volume producer, which must go with it.
-        sim = subprocess.Popen(
-            sim_cmd, stdout=subprocess.DEVNULL, stderr=sim_log, cwd=ROOT, start_new_session=True
+        sim = start_simulator(
+            sid,
+            n_tr,
+            args.speed,
+            1,
+            0,
+            1,
+            *stream_opts,
+            stdout=subprocess.DEVNULL,
+            stderr=sim_log,
+            cwd=ROOT,
+            start_new_session=True,
         )
     sampler = Sampler(engine, tr, args.sample_s)
     sampler.start()

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import queue
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 from pyqtgraph.Qt import QtCore  # noqa: E402
 
+from rtdecode.cli import start_simulator  # noqa: E402
 from rtdecode.display_app import DisplayWindow, app  # noqa: E402
 from rtdecode.ingest import IngestConfig  # noqa: E402
 from rtdecode.outputs.display import DisplayConfig, DisplayOutput  # noqa: E402
@@ -47,25 +47,8 @@ def main() -> int:
 
     n_tr = args.at_tr + 8
     source = f"screenshot-{uuid.uuid4().hex[:8]}"
-    sim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scanner_sim.cli",
-            "stream",
-            "--n-tr",
-            str(n_tr),
-            "--speed",
-            str(args.speed),
-            "--movie-seed",
-            "7",
-            "--source-id",
-            source,
-            "--faults.drop",
-            "20",
-        ],
-        cwd=ROOT,
-    )
+    # subject 1, world seed 0, the movie of the demo (seed 7); one dropped volume to show
+    sim = start_simulator(source, n_tr, args.speed, 1, 0, 7, "--faults.drop", "20", cwd=ROOT)
     feed: queue.Queue = queue.Queue(256)
     cfg = EngineConfig(
         bundle=args.bundle,

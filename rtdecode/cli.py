@@ -197,7 +197,8 @@ def start_simulator(
 ) -> subprocess.Popen:
     """Start ``scanner-sim stream`` in a child process (it waits up to 120 s for a receiver).
 
-    Shared by ``rtdecode demo`` and ``rtdecode bench latency``; ``extra`` appends stream options.
+    Shared by ``rtdecode demo``, ``rtdecode bench latency``, the soak benchmark and the display
+    screenshot; ``extra`` appends stream options, ``popen`` goes to :class:`subprocess.Popen`.
     """
     argv = [
         sys.executable,

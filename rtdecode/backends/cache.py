@@ -27,19 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rtdecode.bundle import sha256_file
+
 __all__ = ["CACHE_FORMAT", "DEFAULT_CACHE_DIR", "CacheEntry", "entry_for", "key_hash", "list_entries"]
 
 #: Bump when the key's meaning or the artifacts' layout changes (old entries then never match).
 CACHE_FORMAT = 1
 DEFAULT_CACHE_DIR = Path("cache/engines")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _canonical(key: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,7 +95,7 @@ class CacheEntry:
             return f"foreign key (differs in {', '.join(diff)})"
         if self.artifact.stat().st_size != doc.get("bytes"):
             return "size mismatch"
-        if _sha256(self.artifact) != doc.get("sha256"):
+        if sha256_file(self.artifact) != doc.get("sha256"):
             return "checksum mismatch"
         return None
 
@@ -121,7 +115,7 @@ class CacheEntry:
             "key": _canonical(self.key),
             "artifact": self.artifact.name,
             "bytes": self.artifact.stat().st_size,
-            "sha256": _sha256(self.artifact),
+            "sha256": sha256_file(self.artifact),
             "created": time.time(),
             **dict(info or {}),
         }

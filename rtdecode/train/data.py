@@ -64,7 +64,6 @@ class _SegmentSeries:
     def __init__(self, series: np.ndarray, segment_of_run: dict[int, int]) -> None:
         self.series = series
         self.segment_of_run = segment_of_run
-        self.shape = (len(segment_of_run), *series.shape[1:])
 
     def __getitem__(self, run: int) -> np.ndarray:
         return self.series[self.segment_of_run[int(run)]]

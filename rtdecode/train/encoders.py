@@ -37,7 +37,6 @@ Outputs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -52,6 +51,7 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from rtdecode.bundle import sha256_file
 from rtdecode.config import config_to_dict
 from rtdecode.models import count_parameters, load_module, module_tensors
 from rtdecode.models.autoencoder import FrameAutoencoder, frames_to_tensor, psnr
@@ -541,21 +541,13 @@ def _save(out: Path, models: Mapping[str, nn.Module], document: dict[str, Any], 
     tmp.replace(out / "encoders.safetensors")
     document["weights"] = {
         "file": "encoders.safetensors",
-        "sha256": _sha256(out / "encoders.safetensors"),
+        "sha256": sha256_file(out / "encoders.safetensors"),
         "storage": storage,
         "bytes": (out / "encoders.safetensors").stat().st_size,
     }
     tmpj = out / "encoders.json.tmp"
     tmpj.write_text(json.dumps(document, indent=1))
     tmpj.replace(out / "encoders.json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def train_encoders(cfg: EncodersConfig) -> dict[str, Any]:
@@ -660,14 +652,14 @@ def read_encoders(directory: str | Path) -> dict[str, nn.Module]:
     document = json.loads((directory / "encoders.json").read_text())
     path = directory / "encoders.safetensors"
     expected = document.get("weights", {}).get("sha256")
-    if expected is not None and _sha256(path) != expected:
+    if expected is not None and sha256_file(path) != expected:
         raise ValueError(f"{path} does not match the checksum in encoders.json")
     return load_encoders(load_file(str(path)), document)
 
 
 def encoders_digest(directory: str | Path) -> str:
     """Short hash of ``encoders.safetensors`` (for caches of encoder outputs)."""
-    return _sha256(Path(directory) / "encoders.safetensors")[:16]
+    return sha256_file(Path(directory) / "encoders.safetensors")[:16]
 
 
 def main(argv: list[str] | None = None) -> int:

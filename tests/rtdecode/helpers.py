@@ -8,6 +8,7 @@ outlet pushes exactly the faults a test asks for, at exactly the times it asks f
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,3 +173,13 @@ class ScriptedOutlet:
         """Wait for the pushing thread."""
         if self.thread is not None:
             self.thread.join(timeout)
+
+
+def wait_for(pred, timeout: float = 10.0) -> bool:
+    """Poll ``pred()`` every 50 ms until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False

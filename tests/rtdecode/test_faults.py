@@ -30,7 +30,14 @@ from rtdecode.outputs import Output
 from rtdecode.pipeline import Engine, EngineConfig
 from rtdecode.record import open_record
 from tests.conftest import spawn
-from tests.rtdecode.helpers import SMALL_DIMS, Push, ScriptedOutlet, make_small_bundle, synthetic_volume
+from tests.rtdecode.helpers import (
+    SMALL_DIMS,
+    Push,
+    ScriptedOutlet,
+    make_small_bundle,
+    synthetic_volume,
+    wait_for,
+)
 
 
 class Collect(Output):
@@ -155,15 +162,6 @@ def test_stimulus_stream_stops_then_volume_stream_disappears(small_bundle, sourc
 # --------------------------------------------------------------------------- shape and type
 
 
-def _wait_for(pred, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.timeout(60)
 def test_restarted_stream_with_wrong_shape_or_dtype_is_refused(source_id):
     """A stream that comes back with another shape or sample type is refused (an error,
@@ -186,18 +184,18 @@ def test_restarted_stream_with_wrong_shape_or_dtype_is_refused(source_id):
     try:
         for k in range(3):
             push(outlet, k)
-        assert _wait_for(lambda: len(got) == 3)
+        assert wait_for(lambda: len(got) == 3, 15.0)
         outlet.close()
-        assert _wait_for(lambda: any(e.kind == "lost" for e in events))
+        assert wait_for(lambda: any(e.kind == "lost" for e in events), 15.0)
         for dims, dtype, why in (((16, 16, 4), np.float32, "(16, 16, 4)"), (SMALL_DIMS, np.int16, "int16")):
             wrong = VolumeOutlet(VolumeGeometry(dims, (3.0,) * 3, interval), "restart", source_id, dtype)
-            assert _wait_for(lambda w=why: any(e.kind == "error" and w in e.detail for e in events))
+            assert wait_for(lambda w=why: any(e.kind == "error" and w in e.detail for e in events), 15.0)
             wrong.close()
         outlet = VolumeOutlet(good, "restart", source_id)
-        assert _wait_for(lambda: any(e.kind == "reconnected" for e in events))
+        assert wait_for(lambda: any(e.kind == "reconnected" for e in events), 15.0)
         for k in range(3, 6):
             push(outlet, k)
-        assert _wait_for(lambda: len(got) == 6)
+        assert wait_for(lambda: len(got) == 6, 15.0)
     finally:
         ingest.stop()
         outlet.close()
@@ -346,7 +344,7 @@ def test_sigint_stops_cleanly_and_nothing_listens(small_bundle, source_id, tmp_p
     threading.Thread(target=lambda: lines.extend(iter(engine.stderr.readline, "")), daemon=True).start()
     outlet.start([Push(k) for k in range(2000)], wait_consumer=90)
     try:
-        assert _wait_for(lambda: _recorded_lines(sessions) >= 20, 90), "".join(lines)[-3000:]
+        assert wait_for(lambda: _recorded_lines(sessions) >= 20, 90), "".join(lines)[-3000:]
         # liblsl's resolver binds UDP ports of its range while it resolves (the stimulus
         # stream is looked for at the start), then closes them; nothing ever listens on TCP
         # and the discovery port 16571 is never bound (only outlets answer queries).

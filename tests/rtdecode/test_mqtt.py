@@ -31,6 +31,7 @@ from rtdecode.outputs.mqtt import MqttConfig, MqttPublisher, OutgoingBuffer, dec
 from rtdecode.pipeline import Engine, EngineConfig
 from rtdecode.record import open_record
 from tests.conftest import ROOT, cli, spawn
+from tests.rtdecode.helpers import wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 pytestmark = pytest.mark.skipif(
@@ -169,12 +170,7 @@ class Subscriber:
             return [m[3] for m in self.messages if m[2] == kind]
 
     def wait_for(self, pred, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_for(pred, timeout)
 
     def close(self) -> None:
         self.client.loop_stop()
