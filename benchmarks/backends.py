@@ -1,8 +1,8 @@
 """Per-TR decode + render through torch eager and through onnxruntime, in one run.
 
 Decode: a :class:`~rtdecode.decode.neurons.NeuronsDecoder` holding a ``BrainDecoder`` of the
-default config (random weights: no trained decoder bundle ships yet; the cost does not depend
-on the weights), one window of 2 lags × 4000 voxels → Conditions (every head + greedy caption).
+default config (random weights: the cost does not depend on them), one window of 2 lags × 4000
+voxels → Conditions (every head + greedy caption).
 Render: :class:`~rtdecode.render.diffusion.DiffusionRenderer` with the shipped 2-step student
 (``engines/default/renderer.safetensors``), 16 frames of 16×16×4 latents, decoded by the
 shipped autoencoder to 64×64 frames. The caption's text embedding (world-CLIP text tower) runs
@@ -155,8 +155,10 @@ def run(args: argparse.Namespace, threads: int, decoders, renderers, windows) ->
     diffs: list[dict[str, float]] = []
     for i, window in enumerate(windows):
         tr = 100 + i
+        time.sleep(args.gap)
         ms_t, cond_t, frames_t = one_tr(dec_t, ren_t, window, tr)
         lat_t = ren_t.last_latents.clone()
+        time.sleep(args.gap)
         ms_o, cond_o, frames_o = one_tr(dec_o, ren_o, window, tr)
         lat_o = ren_o.last_latents.clone()
         if i >= args.warmup:
@@ -200,6 +202,13 @@ def main() -> int:
         "--threads", type=int, nargs="+", default=None, help="thread counts to try (default: 1 and all cores)"
     )
     ap.add_argument("--steps", type=int, default=2, help="sampler steps (the student's 2)")
+    ap.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="seconds idle before each TR of each path (the engine's model thread idles between "
+        "TRs, and thread pools go to sleep; 0: back to back)",
+    )
     ap.add_argument("--cache-dir", type=Path, default=Path("cache/engines"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "backends.json")
     args = ap.parse_args()
@@ -239,7 +248,13 @@ def main() -> int:
         "(shipped 2-step student, 16 frames, 16x16x4 latents, AE decode to 64x64), torch eager vs "
         "onnxruntime CPU, alternating TRs, same thread count on both paths",
         "machine": info,
-        "settings": {"trs": args.trs, "warmup": args.warmup, "steps": args.steps, "bundle": str(args.bundle)},
+        "settings": {
+            "trs": args.trs,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "gap_s": args.gap,
+            "bundle": str(args.bundle),
+        },
         "results": results,
         "target_ratio": 1.5,
         # The headline compares both at their default thread count (all cores); the stricter

@@ -107,6 +107,9 @@ class Conditions:
         Stage-boundary timestamps of ``source_tr`` (LSL clock).
     blurry
         (F, h, w, 3) float32 low-resolution frames in [0, 1] (or latents, per the bundle).
+    pixels
+        (F, s, s, 3) float32 in [0, 1]: the blurry video in pixels, when the bundle's decoder
+        gives it beside the latents in ``blurry``.
     semantic, concepts, caption, mask, motion, keyframe
         The other sub-tasks' outputs when the bundle has them.
     """
@@ -121,6 +124,7 @@ class Conditions:
     mask: np.ndarray | None = None
     motion: np.ndarray | None = None
     keyframe: np.ndarray | None = None
+    pixels: np.ndarray | None = None
     degraded: str = ""
 
     def to_dict(self) -> dict[str, Any]:

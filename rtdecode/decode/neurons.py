@@ -9,7 +9,7 @@ from rtdecode.bundle import Bundle
 from rtdecode.conditions import Conditions
 from rtdecode.decode import Decoder
 from rtdecode.models import load_module
-from rtdecode.models.decoders import BrainDecoder
+from rtdecode.models.decoders import BrainDecoder, pixel_frames
 from rtdecode.models.text import WordTokenizer
 
 __all__ = ["NeuronsDecoder"]
@@ -52,6 +52,8 @@ class NeuronsDecoder(Decoder):
             res["mask"] = torch.sigmoid(out["mask"]).numpy()
         if "motion" in out:
             res["motion"] = out["motion"].numpy() * self.motion_std + self.motion_mean
+        if "pixels" in out:
+            res["pixels"] = pixel_frames(out["pixels"]).numpy()
         if self.model.caption is not None:
             ids = self.model.caption.generate(out["hidden"], WordTokenizer.BOS, WordTokenizer.EOS)
             res["caption"] = [self.tokenizer.decode(row) for row in ids.tolist()]
@@ -71,4 +73,5 @@ class NeuronsDecoder(Decoder):
             mask=first.get("mask"),
             motion=first.get("motion"),
             keyframe=first.get("keyframe"),
+            pixels=first.get("pixels"),
         )

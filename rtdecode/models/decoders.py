@@ -19,6 +19,10 @@ voxel first, so the network learns each voxel's timing) and feeds the heads:
     NeuroClips' perception reconstructor: latents of all F frames of the TR. One token per
     frame (a learned query plus the backbone state) passes through temporal self-attention,
     so the frames are predicted together and move smoothly (temporal upsampling of one TR).
+    With ``pixel_size > 0`` the same frame tokens also give the blurry video itself,
+    low-resolution RGB frames (``pixels``): the pixel-space mean an MSE decoder can reach,
+    which the latents decoded through the autoencoder are not (the mean of latents decodes
+    to textures, not to a blur).
 ``motion``
     Mind-Animator's motion: object and camera motion of the TR (6 values, standardised).
 """
@@ -31,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["HEADS", "BrainDecoder", "DecoderConfig"]
+__all__ = ["HEADS", "BrainDecoder", "DecoderConfig", "pixel_frames"]
 
 HEADS = ("semantic", "keyframe", "concepts", "caption", "mask", "blurry", "motion")
 
@@ -57,7 +61,13 @@ class DecoderConfig:
     token_dim: int = 192
     temporal_layers: int = 2
     motion_dim: int = 6
+    pixel_size: int = 0  # blurry frames in pixels (side); 0: latents only (bundles before pixels)
     heads: tuple[str, ...] = field(default=HEADS)
+
+
+def pixel_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """The ``pixels`` head's output (B, F, 3, s, s) as frames (B, F, s, s, 3) in [0, 1]."""
+    return pixels.clamp(0, 1).permute(0, 1, 3, 4, 2).contiguous()
 
 
 class _Block(nn.Module):
@@ -119,11 +129,18 @@ class _BlurryHead(nn.Module):
         c, hh, ww = cfg.latent_shape
         self.latent_shape = cfg.latent_shape
         self.out = nn.Linear(d, c * hh * ww)
+        ps = cfg.pixel_size
+        self.pixel_shape = (3, ps, ps)
+        self.pixels = nn.Linear(d, 3 * ps * ps) if ps else None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents (B, F, C, h, w) and, with a pixel head, frames (B, F, 3, s, s)."""
         tokens = self.proj(h).unsqueeze(1) + self.queries.unsqueeze(0)
         tokens = self.temporal(tokens)
-        return self.out(tokens).view(h.shape[0], self.frames, *self.latent_shape)
+        latents = self.out(tokens).view(h.shape[0], self.frames, *self.latent_shape)
+        if self.pixels is None:
+            return latents, None
+        return latents, self.pixels(tokens).view(h.shape[0], self.frames, *self.pixel_shape)
 
 
 class BrainDecoder(nn.Module):
@@ -190,7 +207,9 @@ class BrainDecoder(nn.Module):
             ms = self.cfg.mask_size
             out["mask"] = self.mask(h).view(-1, self.cfg.mask_frames, ms, ms)
         if self.blurry is not None:
-            out["blurry"] = self.blurry(h)
+            out["blurry"], pixels = self.blurry(h)
+            if pixels is not None:
+                out["pixels"] = pixels
         if self.motion is not None:
             out["motion"] = self.motion(h)
         if self.caption is not None and caption_tokens is not None:

@@ -141,7 +141,7 @@ FIELDS: dict[str, dict[str, tuple[Check, bool]]] = {
         "degraded": (_str, False),
         "vocabulary": (_strings, False),
         "concepts": (lambda v: _array(v, 1), False),
-        **{name: (_array, False) for name in ("blurry", "semantic", "mask", "motion", "keyframe")},
+        **{name: (_array, False) for name in ("blurry", "semantic", "mask", "motion", "keyframe", "pixels")},
     },
     "clip": {
         "source_tr": (_int, False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -53,7 +54,8 @@ class UpsampleRenderer(Renderer):
 
 
 class LatentRenderer(Renderer):
-    """The decoded blurry video itself: the autoencoder decodes the perception latents.
+    """The decoded blurry video itself: the decoder's blurry frames in pixels, resampled, when
+    it decodes them (``conditions.pixels``); else the autoencoder decodes the perception latents.
 
     Parameters
     ----------
@@ -70,6 +72,10 @@ class LatentRenderer(Renderer):
 
         from rtdecode.models.autoencoder import to_uint8
 
+        if conditions.pixels is not None:
+            return UpsampleRenderer(len(conditions.pixels), self.size).render(
+                replace(conditions, blurry=conditions.pixels)
+            )
         with torch.no_grad():
             return to_uint8(self.ae.decode(conditions.blurry))
 

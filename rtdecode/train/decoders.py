@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from rtdecode.models.decoders import HEADS, BrainDecoder, DecoderConfig
+from rtdecode.models.decoders import HEADS, BrainDecoder, DecoderConfig, pixel_frames
 from rtdecode.models.text import WordTokenizer
 from rtdecode.preprocess import PreprocessConfig
 from rtdecode.train.data import Prepared, prepare_subject, reliability
@@ -45,6 +45,8 @@ WEIGHTS = {
     "blurry": 2.0,
     "motion": 0.5,
 }
+# Pixels in [0, 1] have a small variance: this puts their error on the latents' scale.
+PIXEL_WEIGHT = 20.0
 # Progressive schedule: (start, end) of each head's linear ramp, as fractions of training.
 STAGES = {
     "concepts": (0.0, 0.0),
@@ -68,6 +70,9 @@ class DecodersConfig:
     lags: tuple[int, ...] = field(default=(2, 3), metadata={"help": "hemodynamic lags in TRs"})
     n_voxels: int = field(default=4000, metadata={"help": "most reliable voxels used"})
     hidden: int = 512
+    pixel_size: int = field(
+        default=16, metadata={"help": "blurry frames also in pixels (side; 0: latents only)"}
+    )
     steps: int = 4000
     batch: int = 64
     lr: float = 1e-3
@@ -201,6 +206,10 @@ def head_losses(model: BrainDecoder, out: dict, batch: dict) -> dict[str, torch.
         pred, true = out["blurry"], batch["latents"]
         # Frame differences too: the video must move like the stimulus, not only look like it.
         losses["blurry"] = F.mse_loss(pred, true) + F.mse_loss(pred.diff(dim=1), true.diff(dim=1))
+        if "pixels" in out and "pixels" in batch:
+            pred, true = out["pixels"], batch["pixels"]
+            pix = F.mse_loss(pred, true) + F.mse_loss(pred.diff(dim=1), true.diff(dim=1))
+            losses["blurry"] = losses["blurry"] + PIXEL_WEIGHT * pix
     if "motion" in out:
         losses["motion"] = F.mse_loss(out["motion"], batch["motion"])
     return losses
@@ -230,7 +239,11 @@ def batch_tensors(
     """Tensors of one batch: inputs and every head's targets."""
     idx = data.target_index(samples) if x is None else samples
     mean, std = motion_norm
+    extra = {}
+    if targets.pixels is not None:
+        extra["pixels"] = torch.from_numpy(targets.pixels[idx].astype(np.float32))
     return {
+        **extra,
         "x": torch.from_numpy(data.windows(samples) if x is None else x),
         "latents": torch.from_numpy(targets.latents[idx].astype(np.float32)),
         "image_emb": torch.from_numpy(targets.image_emb[idx]),
@@ -251,6 +264,7 @@ def make_model(cfg: DecodersConfig, n_voxels: int, tokenizer: WordTokenizer, emb
         embed_dim=embed_dim,
         vocab_size=len(tokenizer),
         heads=tuple(cfg.heads),
+        pixel_size=cfg.pixel_size if "blurry" in cfg.heads else 0,
     )
     return BrainDecoder(dc)
 
@@ -284,6 +298,13 @@ def mask_iou(pred: np.ndarray, true: np.ndarray) -> float:
     inter = (p & t).reshape(len(p), -1).sum(1)
     union = (p | t).reshape(len(p), -1).sum(1)
     return float(np.mean(inter / np.maximum(union, 1)))
+
+
+def _mse_vs_mean(pred: np.ndarray, target: np.ndarray, index: np.ndarray, train_index: np.ndarray) -> dict:
+    """Mean squared error, and that of the training mean (chance)."""
+    true = target[index].astype(np.float32)
+    mean = target[train_index[:: max(1, len(train_index) // 2000)]].astype(np.float32).mean(0)
+    return {"value": float(np.mean((pred - true) ** 2)), "chance": float(np.mean((mean[None] - true) ** 2))}
 
 
 def evaluate_outputs(
@@ -326,13 +347,10 @@ def evaluate_outputs(
             "value": float(np.mean(sim.argmax(1) == np.arange(len(index)))),
             "chance": 1.0 / len(index),
         }
-    if "blurry" in res:
-        true_l = targets.latents[index].astype(np.float32)
-        mean_l = targets.latents[train_index[:: max(1, len(train_index) // 2000)]].astype(np.float32).mean(0)
-        out["blurry_mse"] = {
-            "value": float(np.mean((res["blurry"] - true_l) ** 2)),
-            "chance": float(np.mean((mean_l[None] - true_l) ** 2)),
-        }
+    frames = None if targets.pixels is None else targets.pixels.transpose(0, 1, 3, 4, 2)  # as pixel_frames
+    for name, target in (("blurry", targets.latents), ("pixels", frames)):
+        if name in res and target is not None:
+            out[f"{name}_mse"] = _mse_vs_mean(res[name], target, index, train_index)
     if "motion" in res:
         # Dimensions differ in unit (pixels, degrees): compare them standardised.
         mean, std = targets.motion[train_index].mean(0), targets.motion[train_index].std(0) + 1e-6
@@ -397,10 +415,11 @@ def run_outputs(
     parts: dict[str, list] = {}
     for i in range(0, len(x), batch):
         out = model(torch.from_numpy(x[i : i + batch]))
-        for name in ("semantic", "keyframe", "blurry", "concepts", "mask", "motion"):
+        for name in ("semantic", "keyframe", "blurry", "pixels", "concepts", "mask", "motion"):
             if name in out:
                 v = out[name]
                 v = torch.sigmoid(v) if name in ("concepts", "mask") else v
+                v = pixel_frames(v) if name == "pixels" else v
                 parts.setdefault(name, []).append(v.numpy())
         if model.caption is not None:
             ids = model.caption.generate(out["hidden"], WordTokenizer.BOS, WordTokenizer.EOS)

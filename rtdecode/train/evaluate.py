@@ -173,12 +173,19 @@ def _retrieval_recon(
     return model.reconstruct(x_test.reshape(len(x_test), -1), clip)
 
 
-def _decoder_recon(run, models: dict) -> np.ndarray:
+def _decoder_recon(run, models: dict, keep: np.ndarray, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The decoder's blurry video of the scored test TRs: in pixels (when it has the pixel
+    head) and its latents decoded through the autoencoder."""
+    out = {}
+    if "pixels" in run.test_outputs:
+        pix = run.test_outputs["pixels"][keep]
+        out["blurry video"] = np.stack([np.clip(resize_clip(p, len(p), size), 0, 1) for p in pix])
     with torch.no_grad():
-        lat = run.test_outputs["blurry"]
+        lat = run.test_outputs["blurry"][keep]
         n, fr = lat.shape[:2]
-        frames = models["ae"].decode(lat.reshape(n * fr, *lat.shape[2:])).numpy()
-    return frames.transpose(0, 2, 3, 1).reshape(n, fr, *frames.shape[2:], 3)
+        frames = models["ae"].decode(torch.from_numpy(lat.reshape(n * fr, *lat.shape[2:]))).numpy()
+    out["through the autoencoder"] = frames.transpose(0, 2, 3, 1).reshape(n, fr, *frames.shape[2:], 3)
+    return out
 
 
 def _ceiling_run(dcfg: DecodersConfig, targets: Targets, tokenizer, progress: bool):
@@ -281,12 +288,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
                 run.model, x_test[:: max(1, len(x_test) // 200)], voxel_roi
             )
             recon = {}
+            size = ds.config.stimulus.size
             if "decoders" in cfg.methods:
-                recon["decoders (blurry)"] = _decoder_recon(run, models)[keep]
+                for kind, clips in _decoder_recon(run, models, keep, size).items():
+                    recon[f"decoders ({kind})"] = clips
             if "ceiling" in cfg.methods and subject in cfg.subjects[: cfg.ceiling_subjects]:
                 ceiling = _ceiling_run(dcfg, targets, tokenizer, progress)
                 subtasks[subject]["noiseless"] = dict(ceiling.metrics)
-                recon["decoders, noiseless fMRI (ceiling)"] = _decoder_recon(ceiling, models)[keep]
+                for kind, clips in _decoder_recon(ceiling, models, keep, size).items():
+                    recon[f"decoders, noiseless fMRI ({kind}; ceiling)"] = clips
             if "ridge" in cfg.methods:
                 recon["ridge"] = _ridge_recon(data, ds, fit_samples, x_test[keep])
             if "retrieval" in cfg.methods:

@@ -92,6 +92,7 @@ def decoded_conditions(outputs: dict, index: np.ndarray, rows: np.ndarray) -> li
             mask=get("mask", i),
             motion=get("motion", i),
             keyframe=get("keyframe", i),
+            pixels=get("pixels", i),
         )
         for i in rows
     ]

@@ -21,10 +21,11 @@ from tqdm import tqdm
 
 from scanner_sim.dataset import Dataset
 
-__all__ = ["MASK_FRAMES", "Targets", "compute_targets"]
+__all__ = ["MASK_FRAMES", "PIXEL_SIZE", "Targets", "compute_targets", "pixel_targets"]
 
 MASK_FRAMES = (2, 6, 10, 14)  # frames of a TR whose key-object masks are decoded
 MASK_SIZE = 16
+PIXEL_SIZE = 16  # side of the blurry frames decoded in pixels (as the ridge baseline's)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Targets:
     motion: np.ndarray  # (N, 6) float32
     key_concept: np.ndarray  # (N,) int16 — of the middle frame
     captions: list[str]  # caption of the middle frame
+    pixels: np.ndarray | None = None  # (N, F, 3, s, s) float16 in [0, 1]: every frame, block-averaged
 
     def __len__(self) -> int:
         return len(self.key_concept)
@@ -81,6 +83,31 @@ def _segment_targets(ds: Dataset, segment: int, encoders: dict, tokenizer, max_w
     }
 
 
+def pixel_targets(root: str | Path, size: int = PIXEL_SIZE, progress: bool = True) -> np.ndarray:
+    """Every frame of every TR block-averaged to ``size``×``size``: (N, F, 3, size, size) float16.
+
+    Needs no encoder, so it has its own cache file (``prepared/pixels-<data>-<size>.h5``).
+    """
+    with Dataset(root) as ds:
+        key = f"{ds.manifest['fingerprint'][:12]}-{size}"
+        path = Path(root) / "prepared" / f"pixels-{key}.h5"
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            f, t = ds.config.frames_per_tr, ds.config.segment_trs
+            tmp = path.with_suffix(".partial")
+            with h5py.File(tmp, "w") as out:
+                dset = out.create_dataset("pixels", (ds.config.n_segments * t, f, 3, size, size), np.float16)
+                segments = range(ds.config.n_segments)
+                for s in tqdm(segments, desc="pixels", unit="segment", disable=not progress):
+                    frames = ds.frames(s)
+                    h, w = frames.shape[1:3]
+                    small = frames.reshape(t, f, size, h // size, size, w // size, 3).mean(axis=(3, 5)) / 255
+                    dset[s * t : (s + 1) * t] = small.transpose(0, 1, 4, 2, 3).astype(np.float16)
+            tmp.replace(path)
+    with h5py.File(path, "r") as f:
+        return f["pixels"][()]
+
+
 def compute_targets(
     root: str | Path, encoders: dict, encoders_digest: str, tokenizer, max_words: int, progress: bool = True
 ) -> Targets:
@@ -119,4 +146,4 @@ def compute_targets(
     with h5py.File(path, "r") as f:
         arrays = {k: f[k][()] for k in f}
     arrays["captions"] = [c.decode() if isinstance(c, bytes) else c for c in arrays["captions"]]
-    return Targets(**arrays)
+    return Targets(**arrays, pixels=pixel_targets(root, PIXEL_SIZE, progress))

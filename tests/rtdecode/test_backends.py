@@ -8,6 +8,7 @@ TensorRT and are skipped (with that reason) elsewhere.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,7 @@ def small_decoder_config():
         latent_shape=(4, 8, 8),
         token_dim=16,
         temporal_layers=1,
+        pixel_size=4,
     )
 
 
@@ -200,7 +202,7 @@ def test_stages_swap_backend_with_one_call(stages):
         window = rng.standard_normal((2, 48)).astype(np.float32)
         ct, co = stages["dec_t"].decode(window, tr), stages["dec_o"].decode(window, tr)
         assert co.caption == ct.caption  # greedy ids from the unrolled graph = torch generate
-        for name in ("blurry", "semantic", "concepts", "mask", "motion", "keyframe"):
+        for name in ("blurry", "semantic", "concepts", "mask", "motion", "keyframe", "pixels"):
             np.testing.assert_allclose(
                 getattr(co, name), getattr(ct, name), atol=1e-4, rtol=1e-4, err_msg=name
             )
@@ -216,8 +218,13 @@ def test_latent_renderer_reuses_the_cached_engine_and_torch_changes_nothing(stag
     from rtdecode.render import LatentRenderer
 
     window = np.random.default_rng(5).standard_normal((2, 48)).astype(np.float32)
-    cond = stages["dec_t"].decode(window, 0)
+    with_pixels = stages["dec_t"].decode(window, 0)
+    assert with_pixels.pixels.shape == (4, 4, 4, 3) and 0 <= with_pixels.pixels.min() <= 1
+    cond = replace(with_pixels, pixels=None)  # a decoder without the pixel head: latents only
     plain, compiled = LatentRenderer(small_renderer().ae), LatentRenderer(small_renderer().ae)
+    blurry = plain.render(with_pixels)  # the pixels, resampled; the autoencoder is not needed
+    assert blurry.shape == (4, 32, 32, 3) and blurry.dtype == np.uint8
+    assert abs(float(blurry.mean()) / 255 - float(with_pixels.pixels.mean())) < 0.05
     compile_render_stage(compiled, "onnxruntime", stages["cache"], {"bundle": "test"}, frames=4)
     assert not compiled.ae.runner.built  # same weights, shapes and key: the fixture's engine
     assert np.abs(plain.render(cond).astype(int) - compiled.render(cond).astype(int)).max() <= 1

@@ -29,6 +29,7 @@ SMALL = DecoderConfig(
     latent_shape=(2, 4, 4),
     token_dim=32,
     temporal_layers=1,
+    pixel_size=2,
 )
 
 
@@ -50,6 +51,7 @@ def _batch(n, rng):
         "concepts": (z > 0).float(),
         "masks": (z[:, :2, None, None] > 0).float().expand(n, 2, 4, 4),
         "motion": z[:, :6],
+        "pixels": torch.sigmoid(z[:, :3, None, None, None]).expand(n, 3, 4, 2, 2).transpose(1, 2) + 0,
     }
 
 
@@ -60,12 +62,15 @@ def test_shapes_and_ablation():
     out = model(b["x"], b["tokens"])
     assert out["semantic"].shape == (3, 16) and torch.allclose(out["semantic"].norm(dim=-1), torch.ones(3))
     assert out["blurry"].shape == (3, 4, 2, 4, 4) and out["keyframe"].shape == (3, 2, 4, 4)
+    assert out["pixels"].shape == (3, 4, 3, 2, 2)
     assert out["mask"].shape == (3, 2, 4, 4) and out["caption"].shape == (3, 7, 12)
     ids = model.caption.generate(out["hidden"], WordTokenizer.BOS, WordTokenizer.EOS)
     assert ids.shape == (3, 5)
     no_caption = BrainDecoder(DecoderConfig(**{**SMALL.__dict__, "heads": ("concepts", "blurry")}))
     out = no_caption(b["x"])
-    assert set(out) == {"hidden", "concepts", "blurry"}
+    assert set(out) == {"hidden", "concepts", "blurry", "pixels"}
+    latents_only = BrainDecoder(DecoderConfig(**{**SMALL.__dict__, "pixel_size": 0}))
+    assert "pixels" not in latents_only(b["x"])  # bundles trained before the pixel head
     again = BrainDecoder.from_config(model.config)
     assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in model.parameters())
 
@@ -87,6 +92,17 @@ def test_every_head_learns():
     _, last = decoder_loss(model.eval(), _batch(256, rng), weights)
     for head in ("keyframe", "concepts", "mask", "blurry", "motion", "semantic"):
         assert last[head] < first[head], head
+
+
+def test_blurry_loss_counts_the_pixels():
+    torch.manual_seed(0)
+    model = BrainDecoder(SMALL).eval()
+    b = _batch(8, np.random.default_rng(0))
+    weights = dict.fromkeys(HEADS, 1.0)
+    _, parts = decoder_loss(model, b, weights)
+    b["pixels"] = model(b["x"])["pixels"].detach()  # perfect pixels: only the latents' error is left
+    _, perfect = decoder_loss(model, b, weights)
+    assert perfect["blurry"] < parts["blurry"]
 
 
 def test_progressive_weighting_ramps_heads_in():

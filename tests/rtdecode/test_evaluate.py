@@ -46,7 +46,13 @@ def test_evaluate_writes_every_row(tiny_dataset, tmp_path):
     )
     res = evaluate(cfg, progress=False)
     rows = res["rows"]
-    names = ("ridge", "retrieval", "decoders (blurry)", "decoders, noiseless fMRI (ceiling)")
+    names = (
+        "ridge",
+        "retrieval",
+        "decoders (blurry video)",
+        "decoders (through the autoencoder)",
+        "decoders, noiseless fMRI (blurry video; ceiling)",
+    )
     for name in (*names, "rtdecode (full)", "rtdecode − fusion", "oracle"):
         row = rows[f"{name} (sub-01)"]
         assert np.isfinite(row["ssim_gray"]) and 0 <= row["video_2way"] <= 1
