@@ -3,15 +3,13 @@
 Settings (https://onnxruntime.ai/docs/performance/tune-performance/threading.html)
     Explicit ``intra_op_num_threads`` (default :func:`default_threads`) and one inter-op thread
     with sequential execution (the graphs are chains; parallel branches do not pay on 2 cores);
-    the intra-op pool spins *during* a run (``session.intra_op.allow_spinning = "1"``: between
-    the hundreds of small kernels of one call a sleeping worker would have to be woken each
-    time) and stops spinning when the run returns (``session.force_spinning_stop = "1"``), so
-    between calls it takes no core from the receiver, preprocessing and the other sessions.
-    Measured on this project's 2-core machine, 2 threads, one call every 200 ms as in the
-    engine: denoiser 32.1 ms without spinning, 23.3 ms spinning, 23.7 ms spinning with the
-    stop; autoencoder decode 34.6 / 25.2 / 22.8 ms; process CPU time in the 200 ms after a
-    call 0.1 / 43–45 / 0.1 ms. Graph optimisation ``ORT_ENABLE_ALL`` (constant folding, node
-    fusions, layout transformations).
+    ``session.intra_op.allow_spinning = "0"`` (and inter-op) so idle pool threads sleep instead of
+    spinning — a spinning pool steals the cores the receiver, preprocessing and the other
+    sessions need; graph optimisation ``ORT_ENABLE_ALL`` (constant folding, node fusions,
+    layout transformations). Spinning during a run only (``allow_spinning = "1"`` with
+    ``session.force_spinning_stop = "1"``) was measured and not kept: at TR 1 s it cut the
+    render p50 from 90 to 74 ms, but in overload (TR 0.1 s) the spinning pool took the cores
+    preprocessing needs and the engine dropped 64 TRs instead of 16–26 (see docs/backends.md).
 IO binding (https://onnxruntime.ai/docs/performance/tune-performance/iobinding.html)
     ``io_binding=True`` binds inputs zero-copy to the caller's (contiguous) tensors and outputs
     to buffers preallocated once per input-shape signature (output shapes from the graph,
@@ -77,8 +75,7 @@ def session_options(threads: int | None = None) -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    so.add_session_config_entry("session.force_spinning_stop", "1")  # ... but not after the run
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3  # errors only: the engine's own log says what was built
     return so
