@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -30,6 +29,11 @@ def resize_clip(frames: np.ndarray, n_frames: int, size: tuple[int, int]) -> np.
     )
 
 
+def _uint8_clip(frames: np.ndarray, n_frames: int, size: tuple[int, int]) -> np.ndarray:
+    """Float frames in [0, 1] resampled (:func:`resize_clip`) to a uint8 clip."""
+    return (np.clip(resize_clip(frames, n_frames, size), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 class Renderer(ABC):
     """Base class: turns one TR's conditions into a clip."""
 
@@ -49,8 +53,7 @@ class UpsampleRenderer(Renderer):
         self.size = tuple(size)
 
     def render(self, conditions: Conditions) -> np.ndarray:
-        clip = resize_clip(conditions.blurry, self.frames_per_tr, self.size)
-        return (np.clip(clip, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return _uint8_clip(conditions.blurry, self.frames_per_tr, self.size)
 
 
 class LatentRenderer(Renderer):
@@ -73,9 +76,7 @@ class LatentRenderer(Renderer):
         from rtdecode.models.autoencoder import to_uint8
 
         if conditions.pixels is not None:
-            return UpsampleRenderer(len(conditions.pixels), self.size).render(
-                replace(conditions, blurry=conditions.pixels)
-            )
+            return _uint8_clip(conditions.pixels, len(conditions.pixels), self.size)
         with torch.no_grad():
             return to_uint8(self.ae.decode(conditions.blurry))
 

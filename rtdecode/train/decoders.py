@@ -18,7 +18,7 @@ Loss weighting across sub-tasks
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,7 @@ from rtdecode.models.decoders import HEADS, BrainDecoder, DecoderConfig, pixel_f
 from rtdecode.models.text import WordTokenizer
 from rtdecode.preprocess import PreprocessConfig
 from rtdecode.train.data import Prepared, prepare_subject, reliability
-from rtdecode.train.targets import Targets
+from rtdecode.train.targets import Targets, pixel_targets
 
 __all__ = ["WEIGHTS", "DecoderData", "DecodersConfig", "decoder_loss", "head_weights"]
 
@@ -239,11 +239,7 @@ def batch_tensors(
     """Tensors of one batch: inputs and every head's targets."""
     idx = data.target_index(samples) if x is None else samples
     mean, std = motion_norm
-    extra = {}
-    if targets.pixels is not None:
-        extra["pixels"] = torch.from_numpy(targets.pixels[idx].astype(np.float32))
-    return {
-        **extra,
+    batch = {
         "x": torch.from_numpy(data.windows(samples) if x is None else x),
         "latents": torch.from_numpy(targets.latents[idx].astype(np.float32)),
         "image_emb": torch.from_numpy(targets.image_emb[idx]),
@@ -253,6 +249,9 @@ def batch_tensors(
         "masks": torch.from_numpy(targets.masks[idx].astype(np.float32)),
         "motion": torch.from_numpy(((targets.motion[idx] - mean) / std).astype(np.float32)),
     }
+    if targets.pixels is not None:
+        batch["pixels"] = torch.from_numpy(targets.pixels[idx].astype(np.float32))
+    return batch
 
 
 def make_model(cfg: DecodersConfig, n_voxels: int, tokenizer: WordTokenizer, embed_dim: int) -> BrainDecoder:
@@ -462,6 +461,8 @@ def train_decoder(
     motion_norm = (targets.motion[train_index].mean(0), targets.motion[train_index].std(0) + 1e-6)
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, len(select), tokenizer, embed_dim)
+    if model.cfg.pixel_size:  # the pixel head's targets, at its size
+        targets = replace(targets, pixels=pixel_targets(cfg.dataset, model.cfg.pixel_size, progress))
     module = TrainModule(model, cfg)
 
     def make_batch(step: int, rng: np.random.Generator) -> dict:

@@ -183,7 +183,7 @@ def _decoder_recon(run, models: dict, keep: np.ndarray, size: tuple[int, int]) -
     with torch.no_grad():
         lat = run.test_outputs["blurry"][keep]
         n, fr = lat.shape[:2]
-        frames = models["ae"].decode(torch.from_numpy(lat.reshape(n * fr, *lat.shape[2:]))).numpy()
+        frames = models["ae"].decode(lat.reshape(n * fr, *lat.shape[2:])).numpy()
     out["through the autoencoder"] = frames.transpose(0, 2, 3, 1).reshape(n, fr, *frames.shape[2:], 3)
     return out
 

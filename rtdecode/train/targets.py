@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rtdecode.train.data import frame_targets
 from scanner_sim.dataset import Dataset
 
-__all__ = ["MASK_FRAMES", "PIXEL_SIZE", "Targets", "compute_targets", "pixel_targets"]
+__all__ = ["MASK_FRAMES", "Targets", "compute_targets", "pixel_targets"]
 
 MASK_FRAMES = (2, 6, 10, 14)  # frames of a TR whose key-object masks are decoded
 MASK_SIZE = 16
-PIXEL_SIZE = 16  # side of the blurry frames decoded in pixels (as the ridge baseline's)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Targets:
     motion: np.ndarray  # (N, 6) float32
     key_concept: np.ndarray  # (N,) int16 — of the middle frame
     captions: list[str]  # caption of the middle frame
-    pixels: np.ndarray | None = None  # (N, F, 3, s, s) float16 in [0, 1]: every frame, block-averaged
+    pixels: np.ndarray | None = None  # (N, F, 3, s, s) float16 in [0, 1]: see pixel_targets
 
     def __len__(self) -> int:
         return len(self.key_concept)
@@ -83,10 +83,12 @@ def _segment_targets(ds: Dataset, segment: int, encoders: dict, tokenizer, max_w
     }
 
 
-def pixel_targets(root: str | Path, size: int = PIXEL_SIZE, progress: bool = True) -> np.ndarray:
+def pixel_targets(root: str | Path, size: int, progress: bool = True) -> np.ndarray:
     """Every frame of every TR block-averaged to ``size``×``size``: (N, F, 3, size, size) float16.
 
-    Needs no encoder, so it has its own cache file (``prepared/pixels-<data>-<size>.h5``).
+    Only the decoder's pixel head needs them, at its own size, so they are not part of
+    :func:`compute_targets`; they need no encoder and have their own cache file
+    (``prepared/pixels-<data>-<size>.h5``).
     """
     with Dataset(root) as ds:
         key = f"{ds.manifest['fingerprint'][:12]}-{size}"
@@ -99,9 +101,7 @@ def pixel_targets(root: str | Path, size: int = PIXEL_SIZE, progress: bool = Tru
                 dset = out.create_dataset("pixels", (ds.config.n_segments * t, f, 3, size, size), np.float16)
                 segments = range(ds.config.n_segments)
                 for s in tqdm(segments, desc="pixels", unit="segment", disable=not progress):
-                    frames = ds.frames(s)
-                    h, w = frames.shape[1:3]
-                    small = frames.reshape(t, f, size, h // size, size, w // size, 3).mean(axis=(3, 5)) / 255
+                    small = frame_targets(ds.frames(s), f, f, size)  # all F frames, channels last
                     dset[s * t : (s + 1) * t] = small.transpose(0, 1, 4, 2, 3).astype(np.float16)
             tmp.replace(path)
     with h5py.File(path, "r") as f:
@@ -146,4 +146,4 @@ def compute_targets(
     with h5py.File(path, "r") as f:
         arrays = {k: f[k][()] for k in f}
     arrays["captions"] = [c.decode() if isinstance(c, bytes) else c for c in arrays["captions"]]
-    return Targets(**arrays, pixels=pixel_targets(root, PIXEL_SIZE, progress))
+    return Targets(**arrays)
