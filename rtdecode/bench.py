@@ -441,6 +441,9 @@ class LatencyConfig:
     )
     steps: int = field(default=0, metadata={"help": "sampler steps (0: renderer.json's)"})
     backend: str = field(default="auto", metadata={"help": "auto|torch|onnxruntime|tensorrt|torch-tensorrt"})
+    precision: str = field(
+        default="auto", metadata={"help": "auto|fp32|fp16|int8 (auto: int8 render engines on onnxruntime)"}
+    )
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
     warmup: int = field(default=2, metadata={"help": "decode+render passes before the stream starts"})
     subject: int = 1
@@ -799,8 +802,9 @@ def _latency_run(
             decoder = load_decoder(bundle)
             renderer, rdesc = _choose_renderer(cfg, bundle)
             which = "teacher" if cfg.renderer == "teacher" else "student"
-            compile_stages(bundle, decoder, renderer, cfg.backend, Path("cache/engines"), which)
-            rdesc["backend"] = cfg.backend
+            cache = Path("cache/engines")
+            compile_stages(bundle, decoder, renderer, cfg.backend, cache, which, cfg.precision)
+            rdesc["backend"], rdesc["precision"] = cfg.backend, cfg.precision
             _wait_for_simulator(sim, source)
             ecfg = EngineConfig(
                 bundle=cfg.bundle,

@@ -64,6 +64,10 @@ class EngineConfig:
     backend: str = field(
         default="auto", metadata={"help": "auto|torch|onnxruntime|tensorrt|torch-tensorrt (models' runtime)"}
     )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto|fp32|fp16|int8 (auto: int8 render engines on onnxruntime, fp16 on GPUs)"},
+    )
     engine_cache: Path = field(default=Path("cache/engines"), metadata={"help": "compiled engines"})
     ingest: IngestConfig = field(default_factory=IngestConfig)
     preprocess: PreprocessConfig | None = field(default=None, metadata={"help": "default: the bundle's"})
@@ -91,6 +95,7 @@ def compile_stages(
     backend: str,
     cache: Path,
     which: str = "student",
+    precision: str = "auto",
 ) -> None:
     """Swap a bundle's decoder and renderer networks for compiled engines, in place (cached;
     see :mod:`rtdecode.backends`). Stages without compilable networks are left as they are.
@@ -98,15 +103,18 @@ def compile_stages(
     With ``backend="auto"`` a failure is logged and the stages stay in torch; an explicitly
     requested backend raises.
     """
+    from rtdecode.backends.choice import resolve_backend, stage_precisions
     from rtdecode.backends.models import bundle_digest, compile_decoder_stage, compile_render_stage
 
     key = {"bundle": bundle_digest(bundle.path)}  # the key `rtdecode engines build` uses
     try:
+        p_dec, p_ren = stage_precisions(resolve_backend(backend), precision)
         if decoder is not None:
-            compile_decoder_stage(decoder, backend, cache, key)
+            compile_decoder_stage(decoder, backend, cache, key, precision=p_dec)
         if renderer is not None:
             frames = bundle.manifest["frames_per_tr"]
-            compile_render_stage(renderer, backend, cache, key, name=f"denoiser-{which}", frames=frames)
+            name = f"denoiser-{which}"
+            compile_render_stage(renderer, backend, cache, key, name=name, frames=frames, precision=p_ren)
     except Exception as exc:
         if backend != "auto":
             raise
@@ -188,6 +196,7 @@ class Engine:
                 config.backend,
                 config.engine_cache,
                 "teacher" if config.renderer == "teacher" else "student",
+                config.precision,
             )
         calibrated = self.bundle.manifest.get("fusion", {}).get("threshold", 0.8)
         self.fuser = Fuser(config.fusion, calibrated)

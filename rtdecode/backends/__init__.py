@@ -8,7 +8,8 @@ present, else onnxruntime), one build cache (:mod:`rtdecode.backends.cache`, def
 :func:`~rtdecode.backends.models.compile_render_stage`).
 
 Submodules: ``choice`` (the backend choice, versions, device), ``export`` (ONNX), ``ort`` (onnxruntime
-sessions), ``tensorrt`` (TensorRT and torch-tensorrt; imports without them), ``cache``,
+sessions), ``quantize`` (int8 onnxruntime engines, calibrated on simulated clips), ``tensorrt``
+(TensorRT and torch-tensorrt; imports without them), ``cache``,
 ``compile`` (:func:`compile_module`), ``models`` (the engine's graphs and stage stand-ins),
 ``cli`` (``rtdecode engines build|list``). See ``docs/backends.md``.
 

@@ -16,10 +16,14 @@ __all__ = [
     "device_name",
     "module_available",
     "resolve_backend",
+    "stage_precisions",
 ]
 
 #: Names accepted by ``--backend``.
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "torch-tensorrt")
+
+#: Names accepted by ``--precision``.
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8")
 
 # The importable module behind each compiled backend (torch is always there).
 _MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "torch-tensorrt": "torch_tensorrt"}
@@ -164,3 +168,30 @@ def environment() -> dict[str, Any]:
         except Exception:
             out[backend] = None
     return out
+
+
+def stage_precisions(backend: str, precision: str = "auto") -> tuple[str | None, str | None]:
+    """The precision of the decode stage's and of the render stage's engines.
+
+    Parameters
+    ----------
+    backend
+        A resolved backend (not ``auto``).
+    precision
+        ``auto``: int8 render engines on onnxruntime (convolutions quantized, measured in
+        docs/backends.md), the backend's default elsewhere (fp16 on GPUs); ``fp32`` / ``fp16``:
+        both stages; ``int8``: the render stage (onnxruntime only; the decoder keeps its float
+        default, its conditions feed everything after it).
+
+    Returns
+    -------
+    decoder, render
+        Precisions for :func:`~rtdecode.backends.compile_module` (``None``: the backend's default).
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "auto":
+        return None, ("int8" if backend == "onnxruntime" else None)
+    if precision == "int8":
+        return None, "int8"
+    return precision, precision

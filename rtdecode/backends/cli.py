@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rtdecode.backends.cache import DEFAULT_CACHE_DIR, list_entries
-from rtdecode.backends.choice import BACKENDS
+from rtdecode.backends.choice import BACKENDS, PRECISION_CHOICES
 
 __all__ = ["add_engines_parser", "build_engines", "format_entries"]
 
@@ -26,6 +26,7 @@ def build_engines(
     renderer: str = "student",
     rebuild: bool = False,
     progress: bool = True,
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """Build (or verify and reuse) every engine of a bundle.
 
@@ -43,6 +44,9 @@ def build_engines(
         Rebuild even valid entries.
     progress
         Show a tqdm progress bar.
+    precision
+        ``auto|fp32|fp16|int8``, as a session's ``--precision``
+        (:func:`~rtdecode.backends.choice.stage_precisions`), so the session finds these engines.
 
     Returns
     -------
@@ -52,14 +56,15 @@ def build_engines(
     """
     from tqdm import tqdm
 
-    from rtdecode.backends.choice import resolve_backend
+    from rtdecode.backends.choice import resolve_backend, stage_precisions
     from rtdecode.backends.compile import compile_module
     from rtdecode.backends.models import bundle_digest, bundle_engines
 
     chosen = resolve_backend(backend)
     if chosen == "torch":
         return [{"note": "backend torch runs the models eagerly: there is nothing to build"}]
-    specs, notes = bundle_engines(bundle, renderer)
+    p_dec, p_ren = stage_precisions(chosen, precision)
+    specs, notes = bundle_engines(bundle, renderer, p_ren)
     key_parts = {"bundle": bundle_digest(bundle)}
     rows: list[dict[str, Any]] = [{"note": n} for n in notes]
     bar = tqdm(specs, desc=f"engines ({chosen})", unit="engine", disable=not progress)
@@ -72,9 +77,11 @@ def build_engines(
             spec.name,
             chosen,
             cache_dir,
-            key_parts,
+            {**key_parts, **(spec.key_parts or {})},
             dynamic_batch=spec.dynamic_batch,
             rebuild=rebuild,
+            precision=p_dec if spec.name == "decoder" else spec.precision,
+            calibration=spec.calibration,
         )
         rows.append(
             {
@@ -139,7 +146,9 @@ def format_entries(rows: list[dict[str, Any]]) -> str:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    rows = build_engines(args.bundle, args.backend, args.cache_dir, args.renderer, args.rebuild)
+    rows = build_engines(
+        args.bundle, args.backend, args.cache_dir, args.renderer, args.rebuild, precision=args.precision
+    )
     for r in rows:
         if "note" in r:
             print(f"note: {r['note']}")
@@ -189,6 +198,12 @@ def add_engines_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="which denoiser(s) to build (default: %(default)s)",
     )
     b.add_argument("--rebuild", action="store_true", help="rebuild even valid cache entries")
+    b.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="auto",
+        help="as the session's --precision (auto: int8 render engines on onnxruntime, fp16 on GPUs)",
+    )
     b.set_defaults(func=_cmd_build)
     ls = sub.add_parser("list", help="show the build cache: model, backend, shapes, size, age, valid/stale")
     ls.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="default: %(default)s")

@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,7 @@ def _build(
     precision: str,
     dynamic_batch: bool,
     max_batch: int,
+    calibration: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
 ) -> list[str]:
     """Build the artifact of ``entry``; returns the output names."""
     entry.artifact.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +174,12 @@ def _build(
             tmp_path.write_bytes(
                 build_plan(onnx_path, {k: v.shape for k, v in inputs.items()}, dynamic_batch, max_batch)
             )
+        elif precision == "int8":
+            from rtdecode.backends.quantize import quantize_onnx
+
+            fp32 = Path(tmp) / "model.fp32.onnx"
+            names = export_onnx(module, inputs, fp32, dynamic_batch=dynamic_batch, max_batch=max_batch)
+            quantize_onnx(fp32, tmp_path, calibration())
         else:
             names = export_onnx(
                 module,
@@ -214,6 +221,7 @@ def compile_module(
     max_batch: int = 64,
     threads: int | None = None,
     rebuild: bool = False,
+    calibration: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
 ) -> Runner:
     """A runner of ``module`` on ``backend``, built or loaded from the cache.
 
@@ -234,8 +242,9 @@ def compile_module(
     key_parts
         Extra key fields, e.g. ``{"bundle": bundle_digest}``.
     precision
-        ``fp32`` or ``fp16``; default ``fp32`` on onnxruntime (fp16 is slower on CPUs),
-        ``fp16`` on TensorRT and torch-tensorrt.
+        ``fp32``, ``fp16`` or ``int8``; default ``fp32`` on onnxruntime (fp16 is slower on
+        CPUs), ``fp16`` on TensorRT and torch-tensorrt. ``int8`` (onnxruntime only): static
+        QDQ quantization (:mod:`rtdecode.backends.quantize`), which needs ``calibration``.
     dynamic_batch
         Let axis 0 vary (1 … ``max_batch``) instead of fixing every shape.
     max_batch
@@ -244,6 +253,10 @@ def compile_module(
         onnxruntime intra-op threads (``None``: all cores this process may use).
     rebuild
         Build even when a valid entry exists.
+    calibration
+        For ``int8``: returns the feed dicts ``{input name: array}`` whose activation ranges
+        the quantized graph uses (called only when the engine is built; its identity belongs in
+        ``key_parts``).
 
     Returns
     -------
@@ -256,8 +269,15 @@ def compile_module(
         When the backend cannot run here.
     TypeError
         When the example inputs do not match ``module.forward``.
+    ValueError
+        For ``int8`` on another backend than onnxruntime, or without ``calibration``.
     """
     backend = resolve_backend(backend)
+    if precision == "int8" and (backend != "onnxruntime" or calibration is None):
+        raise ValueError(
+            f"int8 engines are built for onnxruntime with calibration inputs (backend {backend!r}, "
+            f"calibration {'given' if calibration else 'missing'})"
+        )
     module.eval()
     inputs = {k: torch.as_tensor(v) for k, v in example_inputs.items()}
     _check_inputs(module, inputs)
@@ -272,7 +292,7 @@ def compile_module(
     if reason is not None:
         log.info("building %s on %s (%s)", name, backend, reason)
         t0 = time.perf_counter()
-        names = _build(backend, module, inputs, entry, precision, dynamic_batch, max_batch)
+        names = _build(backend, module, inputs, entry, precision, dynamic_batch, max_batch, calibration)
         seconds = time.perf_counter() - t0
         entry.commit({"inputs": list(inputs), "outputs": names, "build_seconds": round(seconds, 2)})
         log.info("built %s on %s in %.1f s → %s", name, backend, seconds, entry.artifact)

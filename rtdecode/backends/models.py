@@ -287,6 +287,7 @@ def compile_decoder_stage(
     cache_dir: str | Path = DEFAULT_CACHE_DIR,
     key_parts: Mapping[str, Any] | None = None,
     threads: int | None = None,
+    precision: str | None = None,
 ) -> Any:
     """Run a :class:`~rtdecode.decode.neurons.NeuronsDecoder` through a compiled engine (in place).
 
@@ -297,8 +298,8 @@ def compile_decoder_stage(
         :class:`CompiledBrainDecoder`); any other decoder is returned unchanged.
     backend
         ``auto|torch|onnxruntime|tensorrt|torch-tensorrt`` (``torch``: unchanged).
-    cache_dir, key_parts, threads
-        As :func:`~rtdecode.backends.compile_module`.
+    cache_dir, key_parts, threads, precision
+        As :func:`~rtdecode.backends.compile_module` (float precisions only).
 
     Returns
     -------
@@ -320,6 +321,7 @@ def compile_decoder_stage(
         key_parts,
         dynamic_batch=True,
         threads=threads,
+        precision=precision,
     )
     decoder.model = CompiledBrainDecoder(model, runner, WordTokenizer.BOS, WordTokenizer.EOS)
     return decoder
@@ -333,6 +335,7 @@ def compile_render_stage(
     threads: int | None = None,
     name: str = "denoiser-student",
     frames: int | None = None,
+    precision: str | None = None,
 ) -> Any:
     """Run a renderer's networks through compiled engines (in place).
 
@@ -354,11 +357,17 @@ def compile_render_stage(
     frames
         Frames per clip of the autoencoder engine (default: the denoiser's, else the renderer's
         ``frames_per_tr``, else 16).
+    precision
+        As :func:`~rtdecode.backends.compile_module`; ``int8`` (onnxruntime) quantizes the
+        denoiser's and the autoencoder decoder's convolutions, calibrated by
+        :func:`~rtdecode.backends.quantize.render_calibration` on this renderer (the token
+        projection stays fp32).
 
     Returns
     -------
     The same renderer.
     """
+    from rtdecode.backends.quantize import ae_calibration
     from rtdecode.models.autoencoder import FrameAutoencoder
     from rtdecode.models.video_denoiser import VideoDenoiser
 
@@ -367,6 +376,7 @@ def compile_render_stage(
         return renderer  # eager, already compiled, or no networks of ours (resampling, diffusers)
     if not isinstance(model, VideoDenoiser):
         model = None
+    calib, q_parts = _int8_calibration(renderer, model, precision, key_parts)
     if model is not None:
         fwd = compile_module(
             DenoiserGraph(model),
@@ -374,8 +384,10 @@ def compile_render_stage(
             name,
             backend,
             cache_dir,
-            key_parts,
+            q_parts,
             threads=threads,
+            precision=precision,
+            calibration=lambda: calib()[0],
         )
         tok = compile_module(
             TokensGraph(model),
@@ -390,10 +402,38 @@ def compile_render_stage(
     frames = frames or (model.cfg.frames if model is not None else getattr(renderer, "frames_per_tr", 16))
     example = ae_inputs(ae, frames)
     dec = compile_module(
-        AutoencoderDecodeGraph(ae), example, "ae-decode", backend, cache_dir, key_parts, threads=threads
+        AutoencoderDecodeGraph(ae),
+        example,
+        "ae-decode",
+        backend,
+        cache_dir,
+        q_parts,
+        threads=threads,
+        precision=precision,
+        calibration=lambda: calib()[1] or ae_calibration(ae, frames),
     )
     renderer.ae = CompiledAutoencoder(ae, dec, tuple(example["latents"].shape))
     return renderer
+
+
+def _int8_calibration(
+    renderer: Any, model: nn.Module | None, precision: str | None, key_parts: Mapping[str, Any] | None
+) -> tuple[Any, dict[str, Any]]:
+    """A memoised calibration callable (run once, only if an int8 engine gets built) and the
+    key parts, with the calibration's identity when ``precision`` is int8."""
+    from rtdecode.backends.quantize import CALIBRATION, render_calibration
+
+    memo: list = []
+
+    def calib() -> tuple[list, list]:
+        if not memo:
+            log.info("int8: calibrating on %d simulated clips", CALIBRATION["clips"])
+            memo.append(render_calibration(renderer) if model is not None else ([], []))
+        return memo[0]
+
+    if precision == "int8":
+        return calib, {**(key_parts or {}), "calibration": CALIBRATION}
+    return calib, dict(key_parts or {})
 
 
 # --------------------------------------------------------------------------------- bundles
@@ -407,6 +447,9 @@ class EngineSpec:
     module: nn.Module
     inputs: dict[str, torch.Tensor]
     dynamic_batch: bool = False
+    precision: str | None = None
+    calibration: Any = None  # int8: () -> feed dicts
+    key_parts: dict[str, Any] | None = None  # int8: the calibration's identity
 
 
 def bundle_digest(path: str | Path) -> str:
@@ -422,7 +465,9 @@ def bundle_digest(path: str | Path) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def bundle_engines(path: str | Path, renderer: str = "student") -> tuple[list[EngineSpec], list[str]]:
+def bundle_engines(
+    path: str | Path, renderer: str = "student", render_precision: str | None = None
+) -> tuple[list[EngineSpec], list[str]]:
     """The engines a bundle directory needs, and notes on the models it lacks.
 
     Looks for the brain decoder (a ``neurons`` bundle's ``decoder``), the renderer's denoiser
@@ -436,6 +481,9 @@ def bundle_engines(path: str | Path, renderer: str = "student") -> tuple[list[En
         The bundle directory.
     renderer
         ``student``, ``teacher`` or ``both``.
+    render_precision
+        Precision of the denoiser and autoencoder engines (``None``: the backend's default);
+        ``int8`` adds each one's calibration, as :func:`compile_render_stage` does.
 
     Returns
     -------
@@ -443,6 +491,7 @@ def bundle_engines(path: str | Path, renderer: str = "student") -> tuple[list[En
     """
     from safetensors.numpy import load_file
 
+    from rtdecode.backends.quantize import CALIBRATION, ae_calibration
     from rtdecode.bundle import load_bundle
     from rtdecode.models import load_module
     from rtdecode.models.decoders import BrainDecoder
@@ -467,13 +516,17 @@ def bundle_engines(path: str | Path, renderer: str = "student") -> tuple[list[En
     else:
         notes.append(f"no brain decoder in {path} (kind {manifest.get('kind', '?')!r}): decoder skipped")
 
+    int8 = render_precision == "int8"
+    names = ("ae", "clip") if int8 else ("ae",)
     if "encoders" in manifest:
-        ae = load_encoders(tensors, {"ae": manifest["encoders"]["models"]["ae"]})["ae"]
+        models = manifest["encoders"]["models"]
+        encoders = load_encoders(tensors, {k: models[k] for k in names})
     elif (path / "encoders.json").exists():
-        ae = read_encoders(path)["ae"]
+        encoders = read_encoders(path)
     else:
-        ae = None
+        encoders = {}
         notes.append(f"no autoencoder in {path}: ae-decode skipped")
+    ae = encoders.get("ae")
 
     if "renderer" in manifest:
         spec, weights = manifest["renderer"], tensors
@@ -485,16 +538,41 @@ def bundle_engines(path: str | Path, renderer: str = "student") -> tuple[list[En
         notes.append(f"no diffusion renderer in {path}: denoiser skipped")
     latent_hw = tuple(ae.latent_shape[1:]) if ae is not None else (16, 16)
     frames = int(manifest.get("frames_per_tr", 16))
+    ae_calib: Any = None
     if spec is not None:
         for which in ("student", "teacher") if renderer == "both" else (renderer,):
             den = VideoDenoiser.from_config(spec["config"])
             load_module(den, weights, f"{which}.")
             den.eval()
+            calib, parts = None, None
+            if int8 and ae is not None:  # calibrated on this denoiser's own renders
+                from rtdecode.render.diffusion import diffusion_renderer
+
+                ren = diffusion_renderer(weights, spec, encoders, which)
+                memo, parts = _int8_calibration(ren, ren.model, "int8", {})
+                calib, ae_calib = (lambda m=memo: m()[0]), ae_calib or (lambda m=memo: m()[1])
             specs.append(
-                EngineSpec(f"denoiser-{which}", DenoiserGraph(den), denoiser_inputs(den.config, latent_hw))
+                EngineSpec(
+                    f"denoiser-{which}",
+                    DenoiserGraph(den),
+                    denoiser_inputs(den.config, latent_hw),
+                    precision=render_precision,
+                    calibration=calib,
+                    key_parts=parts,
+                )
             )
             specs.append(EngineSpec(f"tokens-{which}", TokensGraph(den), tokens_inputs(den.config)))
         frames = int(spec["config"]["frames"])
     if ae is not None:
-        specs.append(EngineSpec("ae-decode", AutoencoderDecodeGraph(ae.eval()), ae_inputs(ae, frames)))
+        parts = {"calibration": CALIBRATION} if int8 else None
+        specs.append(
+            EngineSpec(
+                "ae-decode",
+                AutoencoderDecodeGraph(ae.eval()),
+                ae_inputs(ae, frames),
+                precision=render_precision,
+                calibration=ae_calib or (lambda: ae_calibration(ae, frames)),
+                key_parts=parts,
+            )
+        )
     return specs, notes

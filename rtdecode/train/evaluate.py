@@ -75,6 +75,10 @@ class EvaluateConfig:
     )
     ablations: bool = field(default=True, metadata={"help": "renderer ablation and oracle rows"})
     curve_clips: int = field(default=96, metadata={"help": "test TRs of the steps curve (first subject)"})
+    engines: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "also render rtdecode (full) through these engines: onnxruntime, onnxruntime-int8"},
+    )
     merge: tuple[Path, ...] = field(
         default=(), metadata={"help": "combine earlier runs' output directories (e.g. one per subject)"}
     )
@@ -217,6 +221,10 @@ def _render_rows(cfg, run, models, targets, index, keep, truth, same_true, thres
     if cfg.ablations:
         changes.update({f"rtdecode {k}": v for k, v in ABLATIONS.items()})
     rows = score_rows(student, conds, truth, index, same_true, scorers, threshold, changes)
+    for engine in cfg.engines:
+        compiled = _compiled_student(engine, tensors, spec, models, cfg.decoder.encoders)
+        row = {f"rtdecode (full; {engine.replace('-', ' ')})": {}}
+        rows.update(score_rows(compiled, conds, truth, index, same_true, scorers, threshold, row))
     if cfg.ablations:
         oracle = oracle_conditions(targets, index)
         rows.update(score_rows(student, oracle, truth, index, same_true, scorers, threshold, {"oracle": {}}))
@@ -232,6 +240,19 @@ def _render_rows(cfg, run, models, targets, index, keep, truth, same_true, thres
             scorers,
         )
     return rows, curve
+
+
+def _compiled_student(engine: str, tensors: dict, spec: dict, models: dict, bundle: Path):
+    """The bundle's student with its networks on ``onnxruntime`` or ``onnxruntime-int8`` engines."""
+    from rtdecode.backends.models import bundle_digest, compile_render_stage
+    from rtdecode.render.diffusion import diffusion_renderer
+
+    if engine not in ("onnxruntime", "onnxruntime-int8"):
+        raise ValueError(f"engines: onnxruntime or onnxruntime-int8, got {engine!r}")
+    student = diffusion_renderer(tensors, spec, models, "student")
+    precision = "int8" if engine.endswith("int8") else "fp32"
+    key = {"bundle": bundle_digest(bundle)}
+    return compile_render_stage(student, "onnxruntime", key_parts=key, precision=precision)
 
 
 def _method(row: str) -> str:

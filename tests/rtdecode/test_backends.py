@@ -236,6 +236,66 @@ def test_latent_renderer_reuses_the_cached_engine_and_torch_changes_nothing(stag
     assert not hasattr(stages["dec_t"].model, "runner")
 
 
+# ------------------------------------------------------------------------------------ int8
+
+
+def test_int8_calibration_records_the_renderers_own_inputs():
+    from rtdecode.backends.quantize import render_calibration
+
+    ren = small_renderer()
+    den_feeds, ae_feeds = render_calibration(ren, clips=3, seed=1)
+    assert len(den_feeds) == 3 * ren.steps and len(ae_feeds) == 3
+    example = denoiser_inputs(ren.model.config, (8, 8))
+    for feed in den_feeds:
+        assert {k: v.shape for k, v in feed.items()} == {k: tuple(v.shape) for k, v in example.items()}
+        assert np.isfinite(feed["x"]).all() and feed["x"].std() > 0.1  # real clips, not zeros
+    times = sorted({round(float(f["t"][0]), 4) for f in den_feeds})
+    assert times == [0.35, 0.7]  # the 2-step schedule from strength 0.7
+    assert ae_feeds[0]["latents"].shape == (4, 4, 8, 8)
+    again, _ = render_calibration(small_renderer(), clips=3, seed=1)
+    np.testing.assert_array_equal(again[0]["x"], den_feeds[0]["x"])  # deterministic by seed
+
+
+def test_int8_render_engines_quantize_convolutions_and_stay_close(stages, tmp_path):
+    ren_t, ren_q = small_renderer(), small_renderer()
+    compile_render_stage(ren_q, "onnxruntime", tmp_path, {"bundle": "test"}, threads=1, precision="int8")
+    for runner in (ren_q.model.forward_runner, ren_q.ae.runner):
+        key = json.loads(runner.entry.key_file.read_text())["key"]
+        assert key["precision"] == "int8" and key["calibration"]["ops"] == ["Conv"]
+        ops = {n.op_type for n in onnx.load(str(runner.entry.artifact)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert json.loads(ren_q.model.tokens_runner.entry.key_file.read_text())["key"]["precision"] == "fp32"
+    window = np.random.default_rng(7).standard_normal((2, 48)).astype(np.float32)
+    cond = stages["dec_t"].decode(window, 3)
+    ft, fq = ren_t.render(cond), ren_q.render(cond)
+    diff = np.abs(ft.astype(int) - fq.astype(int))
+    assert diff.mean() < 4 and diff.max() < 64, (diff.mean(), diff.max())
+    fp32 = stages["ren_o"].render(cond)
+    assert np.abs(fp32.astype(int) - ft.astype(int)).max() <= 1 < diff.max()  # int8 is not fp32
+
+
+def test_int8_needs_onnxruntime_and_calibration(tmp_path):
+    den = small_renderer().model
+    inputs = tokens_inputs(den.config)
+    with pytest.raises(ValueError, match="calibration missing"):
+        compile_module(TokensGraph(den), inputs, "tokens", "onnxruntime", tmp_path, precision="int8")
+    with pytest.raises(ValueError, match="int8 engines are built for onnxruntime"):
+        compile_module(
+            TokensGraph(den), inputs, "tokens", "torch", tmp_path, precision="int8", calibration=list
+        )
+
+
+def test_precision_choice_per_stage():
+    from rtdecode.backends.choice import stage_precisions
+
+    assert stage_precisions("onnxruntime") == (None, "int8")  # auto: int8 render on the CPU
+    assert stage_precisions("tensorrt") == (None, None)  # auto: the GPU default (fp16)
+    assert stage_precisions("onnxruntime", "fp32") == ("fp32", "fp32")
+    assert stage_precisions("onnxruntime", "int8") == (None, "int8")  # the decoder stays float
+    with pytest.raises(ValueError, match="unknown precision"):
+        stage_precisions("onnxruntime", "int4")
+
+
 def test_outputs_are_safe_to_keep_with_and_without_io_binding(stages):
     from rtdecode.backends.ort import OrtRunner
 
