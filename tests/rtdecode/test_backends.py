@@ -274,6 +274,20 @@ def test_int8_render_engines_quantize_convolutions_and_stay_close(stages, tmp_pa
     assert np.abs(fp32.astype(int) - ft.astype(int)).max() <= 1 < diff.max()  # int8 is not fp32
 
 
+def test_engines_build_asks_for_the_int8_engines_a_session_uses():
+    from rtdecode.backends.models import bundle_engines
+    from rtdecode.backends.quantize import CALIBRATION
+
+    root = Path(__file__).resolve().parents[2]
+    specs = {s.name: s for s in bundle_engines(root / "engines/default", "student", "int8")[0]}
+    for name in ("denoiser-student", "ae-decode"):  # as compile_render_stage keys them
+        assert specs[name].precision == "int8" and specs[name].key_parts == {"calibration": CALIBRATION}
+        assert callable(specs[name].calibration)
+    assert specs["tokens-student"].precision is None and specs["decoder"].precision is None
+    feeds = specs["ae-decode"].calibration()  # the denoiser's renders, F frames each
+    assert len(feeds) == CALIBRATION["clips"] and feeds[0]["latents"].shape == (16, 4, 16, 16)
+
+
 def test_int8_needs_onnxruntime_and_calibration(tmp_path):
     den = small_renderer().model
     inputs = tokens_inputs(den.config)
