@@ -64,7 +64,7 @@ def build_engines(
     if chosen == "torch":
         return [{"note": "backend torch runs the models eagerly: there is nothing to build"}]
     p_dec, p_ren = stage_precisions(chosen, precision)
-    specs, notes = bundle_engines(bundle, renderer, p_ren)
+    specs, notes = bundle_engines(bundle, renderer, p_ren, p_dec)
     key_parts = {"bundle": bundle_digest(bundle)}
     rows: list[dict[str, Any]] = [{"note": n} for n in notes]
     bar = tqdm(specs, desc=f"engines ({chosen})", unit="engine", disable=not progress)
@@ -80,7 +80,7 @@ def build_engines(
             {**key_parts, **(spec.key_parts or {})},
             dynamic_batch=spec.dynamic_batch,
             rebuild=rebuild,
-            precision=p_dec if spec.name == "decoder" else spec.precision,
+            precision=spec.precision,
             calibration=spec.calibration,
         )
         rows.append(

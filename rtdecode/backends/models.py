@@ -376,7 +376,8 @@ def compile_render_stage(
         return renderer  # eager, already compiled, or no networks of ours (resampling, diffusers)
     if not isinstance(model, VideoDenoiser):
         model = None
-    calib, q_parts = _int8_calibration(renderer, model, precision, key_parts)
+    calib = _memoised_calibration(renderer, model)
+    q_parts = {**(key_parts or {}), **_calibration_key(precision)}
     if model is not None:
         fwd = compile_module(
             DenoiserGraph(model),
@@ -416,11 +417,8 @@ def compile_render_stage(
     return renderer
 
 
-def _int8_calibration(
-    renderer: Any, model: nn.Module | None, precision: str | None, key_parts: Mapping[str, Any] | None
-) -> tuple[Any, dict[str, Any]]:
-    """A memoised calibration callable (run once, only if an int8 engine gets built) and the
-    key parts, with the calibration's identity when ``precision`` is int8."""
+def _memoised_calibration(renderer: Any, model: nn.Module | None) -> Any:
+    """``() -> (denoiser feeds, autoencoder feeds)``, run once and only if an int8 engine is built."""
     from rtdecode.backends.quantize import CALIBRATION, render_calibration
 
     memo: list = []
@@ -431,9 +429,14 @@ def _int8_calibration(
             memo.append(render_calibration(renderer) if model is not None else ([], []))
         return memo[0]
 
-    if precision == "int8":
-        return calib, {**(key_parts or {}), "calibration": CALIBRATION}
-    return calib, dict(key_parts or {})
+    return calib
+
+
+def _calibration_key(precision: str | None) -> dict[str, Any]:
+    """The key parts an engine of ``precision`` adds: the calibration's identity for int8."""
+    from rtdecode.backends.quantize import CALIBRATION
+
+    return {"calibration": CALIBRATION} if precision == "int8" else {}
 
 
 # --------------------------------------------------------------------------------- bundles
@@ -466,7 +469,10 @@ def bundle_digest(path: str | Path) -> str:
 
 
 def bundle_engines(
-    path: str | Path, renderer: str = "student", render_precision: str | None = None
+    path: str | Path,
+    renderer: str = "student",
+    render_precision: str | None = None,
+    decoder_precision: str | None = None,
 ) -> tuple[list[EngineSpec], list[str]]:
     """The engines a bundle directory needs, and notes on the models it lacks.
 
@@ -481,9 +487,10 @@ def bundle_engines(
         The bundle directory.
     renderer
         ``student``, ``teacher`` or ``both``.
-    render_precision
-        Precision of the denoiser and autoencoder engines (``None``: the backend's default);
-        ``int8`` adds each one's calibration, as :func:`compile_render_stage` does.
+    render_precision, decoder_precision
+        Precision of the denoiser and autoencoder engines, and of the decoder engine (``None``:
+        the backend's default); ``int8`` adds each one's calibration and its key, as
+        :func:`compile_render_stage` does.
 
     Returns
     -------
@@ -491,7 +498,7 @@ def bundle_engines(
     """
     from safetensors.numpy import load_file
 
-    from rtdecode.backends.quantize import CALIBRATION, ae_calibration
+    from rtdecode.backends.quantize import ae_calibration
     from rtdecode.bundle import load_bundle
     from rtdecode.models import load_module
     from rtdecode.models.decoders import BrainDecoder
@@ -512,7 +519,15 @@ def bundle_engines(
         model = BrainDecoder.from_config(manifest["decoder"]["config"])
         load_module(model, tensors, "decoder.")
         graph = DecoderGraph(model.eval(), WordTokenizer.BOS, WordTokenizer.EOS)
-        specs.append(EngineSpec("decoder", graph, decoder_inputs(model.config), dynamic_batch=True))
+        specs.append(
+            EngineSpec(
+                "decoder",
+                graph,
+                decoder_inputs(model.config),
+                dynamic_batch=True,
+                precision=decoder_precision,
+            )
+        )
     else:
         notes.append(f"no brain decoder in {path} (kind {manifest.get('kind', '?')!r}): decoder skipped")
 
@@ -538,19 +553,21 @@ def bundle_engines(
         notes.append(f"no diffusion renderer in {path}: denoiser skipped")
     latent_hw = tuple(ae.latent_shape[1:]) if ae is not None else (16, 16)
     frames = int(manifest.get("frames_per_tr", 16))
+    parts = _calibration_key(render_precision)
     ae_calib: Any = None
     if spec is not None:
         for which in ("student", "teacher") if renderer == "both" else (renderer,):
-            den = VideoDenoiser.from_config(spec["config"])
-            load_module(den, weights, f"{which}.")
-            den.eval()
-            calib, parts = None, None
+            calib = None
             if int8 and ae is not None:  # calibrated on this denoiser's own renders
                 from rtdecode.render.diffusion import diffusion_renderer
 
                 ren = diffusion_renderer(weights, spec, encoders, which)
-                memo, parts = _int8_calibration(ren, ren.model, "int8", {})
+                den, memo = ren.model, _memoised_calibration(ren, ren.model)
                 calib, ae_calib = (lambda m=memo: m()[0]), ae_calib or (lambda m=memo: m()[1])
+            else:
+                den = VideoDenoiser.from_config(spec["config"])
+                load_module(den, weights, f"{which}.")
+                den.eval()
             specs.append(
                 EngineSpec(
                     f"denoiser-{which}",
@@ -564,7 +581,6 @@ def bundle_engines(
             specs.append(EngineSpec(f"tokens-{which}", TokensGraph(den), tokens_inputs(den.config)))
         frames = int(spec["config"]["frames"])
     if ae is not None:
-        parts = {"calibration": CALIBRATION} if int8 else None
         specs.append(
             EngineSpec(
                 "ae-decode",

@@ -155,19 +155,18 @@ def _fit(a: np.ndarray, n: int) -> np.ndarray:
 def _calibration_conditions(renderer: Any, clips: int, seed: int) -> list[Any]:
     """Decoded-looking :class:`~rtdecode.conditions.Conditions` of simulated clips (see module doc)."""
     from rtdecode.conditions import Conditions
+    from rtdecode.train.data import block_means
     from rtdecode.train.renderer import degrade_conditions
 
     f, cfg = renderer.frames_per_tr, renderer.model.cfg
-    size, lat_shape = int(renderer.ae.config["frame_size"]), renderer.ae.latent_shape
     movie, latents = _simulated_clips(renderer.ae, f, clips, seed)
     captions = [movie.caption(k * f + f // 2) for k in range(clips)]
     text = torch.as_tensor(np.asarray(renderer.text_encoder(captions), np.float32))
-    # Key-object masks at the latent size, on the frames the decoder's mask head covers.
-    m, h = cfg.mask_frames, lat_shape[1]
-    small = movie.mask.reshape(clips, f, h, size // h, h, size // h).mean(axis=(3, 5))
+    # Key-object masks at the latent size, on evenly spaced frames (those the mask head decodes).
+    masks = block_means(movie.mask, f, cfg.mask_frames, renderer.ae.latent_shape[1])
     batch = {
         "latents": latents,
-        "masks": torch.as_tensor(small[:, [(2 * k + 1) * f // (2 * m) for k in range(m)]]).float(),
+        "masks": torch.as_tensor(masks).float(),
         "image_emb": text,  # the world-CLIP space is shared; the caption stands in for the keyframe
         "text_emb": text,
         "concepts": torch.as_tensor(_fit(movie.concepts.reshape(clips, f, -1).any(axis=1), cfg.n_concepts)),

@@ -179,18 +179,26 @@ def _open_prepared(path: Path) -> Prepared:
     return Prepared(f["mask_index"][()], f["values"], f["motion"][()], path)
 
 
-def frame_targets(frames: np.ndarray, frames_per_tr: int, n_out: int, size: int) -> np.ndarray:
-    """Per-TR low-resolution targets: (T, n_out, size, size, 3) float32 in [0, 1].
+def block_means(frames: np.ndarray, frames_per_tr: int, n_out: int, size: int) -> np.ndarray:
+    """Per-TR block averages: (T·F, H, W, ...) → (T, n_out, size, size, ...) float64.
 
-    ``n_out`` frames evenly spaced within each TR, block-averaged to ``size``×``size``.
+    ``n_out`` frames evenly spaced within each TR, each averaged over ``H/size × W/size`` blocks
+    (any trailing axes, e.g. RGB, are kept).
     """
     t = frames.shape[0] // frames_per_tr
     step = frames_per_tr // n_out
     pick = np.arange(n_out) * step + step // 2
     sel = frames[: t * frames_per_tr].reshape(t, frames_per_tr, *frames.shape[1:])[:, pick]
     h, w = frames.shape[1:3]
-    small = sel.reshape(t, n_out, size, h // size, size, w // size, 3).mean(axis=(3, 5))
-    return (small / 255.0).astype(np.float32)
+    return sel.reshape(t, n_out, size, h // size, size, w // size, *frames.shape[3:]).mean(axis=(3, 5))
+
+
+def frame_targets(frames: np.ndarray, frames_per_tr: int, n_out: int, size: int) -> np.ndarray:
+    """Per-TR low-resolution targets: (T, n_out, size, size, 3) float32 in [0, 1].
+
+    ``n_out`` frames evenly spaced within each TR, block-averaged to ``size``×``size``.
+    """
+    return (block_means(frames, frames_per_tr, n_out, size) / 255.0).astype(np.float32)
 
 
 def stimulus_windows(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rtdecode.train.data import frame_targets
+from rtdecode.train.data import block_means, frame_targets
 from scanner_sim.dataset import Dataset
 
 __all__ = ["MASK_FRAMES", "Targets", "compute_targets", "pixel_targets"]
@@ -68,8 +68,7 @@ def _segment_targets(ds: Dataset, segment: int, encoders: dict, tokenizer, max_w
     captions = [movie.caption(k * f + mid) for k in range(t)]
     image_emb = encoders["clip"].encode_image(frames[:, mid])
     text_emb = encoders["clip"].encode_text(captions)
-    h = movie.mask.shape[1]
-    small = movie.mask.reshape(t, f, MASK_SIZE, h // MASK_SIZE, MASK_SIZE, h // MASK_SIZE).mean(axis=(3, 5))
+    small = block_means(movie.mask, f, f, MASK_SIZE)  # every frame's mask, then the decoded ones
     return {
         "latents": np.asarray(latents, np.float16),
         "image_emb": np.asarray(image_emb, np.float32),
