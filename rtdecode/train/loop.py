@@ -47,6 +47,7 @@ True
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -204,8 +205,18 @@ def dist_info() -> DistInfo:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+        # Tear gloo down before the interpreter exits: its threads still running at exit make
+        # a rank abort ("terminate called without an active exception", SIGABRT).
+        atexit.register(_destroy_process_group)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _slice(x: Any, rank: int, world: int) -> Any:
