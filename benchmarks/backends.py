@@ -4,8 +4,8 @@ Decode: the bundle's trained :class:`~rtdecode.decode.neurons.NeuronsDecoder`, o
 2 lags × the bundle's masked voxels (unit normal, as z-scored BOLD; it reads its 4000) →
 Conditions (every head + greedy caption).
 Render: :class:`~rtdecode.render.diffusion.DiffusionRenderer` with the shipped 2-step student
-(``engines/default/renderer.safetensors``), 16 frames of 16×16×4 latents, decoded by the
-shipped autoencoder to 64×64 frames. The caption's text embedding (world-CLIP text tower) runs
+(``engines/default/renderer.safetensors``), 16 frames of 16×16×4 latents, decoded to 64×64
+frames by the renderer's light frame decoder (the autoencoder's decoder when it ships none). The caption's text embedding (world-CLIP text tower) runs
 in torch on both paths.
 
 The onnxruntime path is the same two stage objects after
@@ -74,25 +74,11 @@ def make_decoder(bundle: Path):
 
 
 def make_renderer(bundle: Path, steps: int):
-    """The shipped student renderer (fp16 weights loaded into float32 modules)."""
-    from safetensors.numpy import load_file
+    """The shipped student renderer (fp16 weights loaded into float32 modules; its own frame
+    decoder when the renderer ships one), as the engine loads it."""
+    from rtdecode.bench import load_diffusion_renderer
 
-    from rtdecode.models import load_module
-    from rtdecode.models.video_denoiser import VideoDenoiser
-    from rtdecode.render.diffusion import DiffusionRenderer
-    from rtdecode.train.encoders import read_encoders
-
-    doc = json.loads((bundle / "renderer.json").read_text())
-    model = VideoDenoiser.from_config(doc["config"])
-    load_module(model, load_file(str(bundle / "renderer.safetensors")), "student.")
-    enc = read_encoders(bundle)
-    clip = enc["clip"]
-
-    def text(texts: list[str]) -> np.ndarray:
-        with torch.no_grad():
-            return np.asarray(clip.encode_text(texts), np.float32)
-
-    return DiffusionRenderer(model.eval(), enc["ae"], text, steps=steps, strength=float(doc["strength"]))
+    return load_diffusion_renderer(bundle, "student", steps)
 
 
 def one_tr(decoder, renderer, window: np.ndarray, tr: int) -> tuple[dict[str, float], Any, np.ndarray]:

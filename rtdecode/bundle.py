@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load, save_file
 
-__all__ = ["BUNDLE_FORMAT", "Bundle", "BundleError", "load_bundle", "save_bundle", "sha256_file"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "Bundle",
+    "BundleError",
+    "load_bundle",
+    "refresh_manifest",
+    "save_bundle",
+    "sha256_file",
+]
 
 BUNDLE_FORMAT = 1
 REQUIRED = {
@@ -180,6 +188,19 @@ def save_bundle(
     save_file(arrays, str(path / weights))
     m = {"format": BUNDLE_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **manifest}
     m["files"] = {name: sha256_file(path / name) for name in (weights, *include)}
+    tmp = path / "manifest.json.tmp"
+    tmp.write_text(json.dumps(m, indent=1, default=_json_default))
+    tmp.replace(path / "manifest.json")
+    return load_bundle(path)
+
+
+def refresh_manifest(path: str | Path, updates: dict[str, Any]) -> Bundle:
+    """Update entries of a bundle's manifest and re-checksum its files (after one of them was
+    rewritten in place, e.g. ``renderer.safetensors``), then reload it."""
+    path = Path(path)
+    m = json.loads((path / "manifest.json").read_text())
+    m.update(updates)
+    m["files"] = {name: sha256_file(path / name) for name in m["files"]}
     tmp = path / "manifest.json.tmp"
     tmp.write_text(json.dumps(m, indent=1, default=_json_default))
     tmp.replace(path / "manifest.json")

@@ -5,7 +5,7 @@ Subcommands
 run       receive volumes over LSL, decode and render them live, record the session
 demo      start the simulator and the engine together; write stimulus | reconstruction video
 replay    stream a session record back over LSL (re-run any session offline)
-train     train models (``train encoders|ridge|decoders|renderer``)
+train     train models (``train encoders|ridge|decoders|renderer|frame-decoder``)
 display   the live window on another machine, fed over MQTT
 listen    print the messages a session publishes over MQTT (to check a setup)
 evaluate  the evaluation table (every method, every subject)
@@ -346,6 +346,13 @@ def _cmd_train_renderer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_frame_decoder(args: argparse.Namespace) -> int:
+    from rtdecode.train.renderer import FrameDecoderTrainConfig, train_frame_decoder_cli
+
+    print(json.dumps(train_frame_decoder_cli(load_config(FrameDecoderTrainConfig, args)), indent=1))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rtdecode.metrics import format_table
     from rtdecode.train.evaluate import EvaluateConfig, evaluate
@@ -362,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rtdecode.train.decoders import DecodersConfig
     from rtdecode.train.encoders import EncodersConfig
     from rtdecode.train.evaluate import EvaluateConfig
-    from rtdecode.train.renderer import RendererTrainConfig
+    from rtdecode.train.renderer import FrameDecoderTrainConfig, RendererTrainConfig
     from rtdecode.train.ridge import RidgeConfig
 
     parser = argparse.ArgumentParser(
@@ -421,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("renderer", help="the video diffusion teacher and its few-step student")
     add_config_arguments(t, RendererTrainConfig)
     t.set_defaults(func=_cmd_train_renderer)
+    t = tsub.add_parser("frame-decoder", help="the renderer's light frame decoder (keeps teacher/student)")
+    add_config_arguments(t, FrameDecoderTrainConfig)
+    t.set_defaults(func=_cmd_train_frame_decoder)
 
     p = sub.add_parser("evaluate", help="the evaluation table (every method, every subject)")
     add_config_arguments(p, EvaluateConfig)

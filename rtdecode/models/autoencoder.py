@@ -39,7 +39,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["DEFAULT_AE_CONFIG", "FrameAutoencoder", "frames_to_tensor", "psnr", "to_uint8"]
+__all__ = [
+    "DECODER_PARTS",
+    "DEFAULT_AE_CONFIG",
+    "FrameAutoencoder",
+    "frames_to_tensor",
+    "psnr",
+    "to_uint8",
+    "with_decoder",
+]
 
 DEFAULT_AE_CONFIG: dict[str, Any] = {
     "frame_size": 64,
@@ -87,6 +95,10 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
+# State-dict prefixes of the decoder side (what a light frame decoder replaces).
+DECODER_PARTS = ("vae.decoder.", "vae.post_quant_conv.")
+
+
 class FrameAutoencoder(nn.Module):
     """Frames ↔ latents (see the module docstring).
 
@@ -116,6 +128,21 @@ class FrameAutoencoder(nn.Module):
             sample_size=c["frame_size"] // c["unshuffle"],
             mid_block_add_attention=c["mid_block_add_attention"],
         )
+        if c.get("decoder_channels"):
+            from diffusers.models.autoencoders.vae import Decoder
+
+            dc = tuple(c["decoder_channels"])
+            if len(dc) != n:  # the decoder must upsample as often as the encoder downsamples
+                raise ValueError(f"decoder_channels {list(dc)} needs {n} stage(s), as block_out_channels")
+            self.vae.decoder = Decoder(
+                in_channels=c["latent_channels"],
+                out_channels=channels,
+                up_block_types=("UpDecoderBlock2D",) * len(dc),
+                block_out_channels=dc,
+                layers_per_block=c["layers_per_block"],
+                norm_num_groups=min(c["norm_num_groups"], dc[0] // 2),
+                mid_block_add_attention=bool(c.get("decoder_mid_attention", False)),
+            )
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FrameAutoencoder:
@@ -191,3 +218,25 @@ class FrameAutoencoder(nn.Module):
         size = self.config["frame_size"]
         x = torch.cat(parts) if parts else z.new_zeros((0, 3, size, size))
         return ((x + 1) / 2).clamp(0, 1)
+
+
+def with_decoder(ae: FrameAutoencoder, decoder: dict[str, Any]) -> FrameAutoencoder:
+    """``ae``'s encoder, latent space and scale with another decoder side.
+
+    Parameters
+    ----------
+    ae
+        A trained autoencoder.
+    decoder
+        Config keys of the new decoder side (``decoder_channels``, ``decoder_mid_attention``).
+
+    Returns
+    -------
+    FrameAutoencoder
+        Encoder weights copied from ``ae``; decoder weights (``DECODER_PARTS``) fresh, except the
+        post-quantisation convolution, which starts as ``ae``'s.
+    """
+    out = FrameAutoencoder({**ae.config, **decoder})
+    state = {k: v for k, v in ae.state_dict().items() if not k.startswith(DECODER_PARTS[0])}
+    out.load_state_dict(state, strict=False)
+    return out

@@ -25,7 +25,7 @@ from rtdecode.conditions import Conditions
 from rtdecode.models.video_denoiser import VideoDenoiser, condition_inputs
 from rtdecode.render import Renderer
 
-__all__ = ["DiffusionRenderer", "diffusion_renderer", "flow_schedule", "sample_flow"]
+__all__ = ["DiffusionRenderer", "diffusion_renderer", "flow_schedule", "renderer_autoencoder", "sample_flow"]
 
 
 def flow_schedule(steps: int, strength: float) -> FlowMatchEulerDiscreteScheduler:
@@ -159,6 +159,26 @@ class DiffusionRenderer(Renderer):
             return to_uint8(self.ae.decode(latents))
 
 
+def renderer_autoencoder(tensors: dict[str, np.ndarray], spec: dict, ae):
+    """The autoencoder a renderer decodes its latents with.
+
+    ``ae`` itself, or — when the renderer ships a light frame decoder (``spec["frame_decoder"]``,
+    ``frame_decoder.*`` tensors; ``rtdecode train frame-decoder``) — ``ae``'s encoder and latent
+    space with that decoder.
+    """
+    from rtdecode.models import load_module
+    from rtdecode.models.autoencoder import DECODER_PARTS, with_decoder
+
+    fd = spec.get("frame_decoder")
+    if not fd:
+        return ae
+    light = with_decoder(ae, fd["config"])
+    for part in DECODER_PARTS:
+        sub = light.get_submodule(part.rstrip("."))
+        load_module(sub, tensors, f"frame_decoder.{part}")
+    return light.eval()
+
+
 def diffusion_renderer(
     tensors: dict[str, np.ndarray],
     spec: dict,
@@ -176,7 +196,8 @@ def diffusion_renderer(
     spec
         ``renderer.json`` as written by ``rtdecode train renderer`` (config, strength, steps).
     encoders
-        ``{"ae": autoencoder, "clip": world-CLIP}`` (decoding latents, embedding captions).
+        ``{"ae": autoencoder, "clip": world-CLIP}`` (decoding latents — with the renderer's own
+        frame decoder when it ships one, :func:`renderer_autoencoder` — and embedding captions).
     which
         ``student`` (few steps) or ``teacher``.
     steps
@@ -196,5 +217,10 @@ def diffusion_renderer(
 
     n = steps or int(spec[f"{which}_steps"])
     return DiffusionRenderer(
-        model.float(), encoders["ae"], text_encoder, n, float(spec["strength"]), **kwargs
+        model.float(),
+        renderer_autoencoder(tensors, spec, encoders["ae"]),
+        text_encoder,
+        n,
+        float(spec["strength"]),
+        **kwargs,
     )

@@ -35,6 +35,7 @@ __all__ = [
     "fusion_roc",
     "oracle_conditions",
     "render_clips",
+    "render_gflop",
     "same_scene_truth",
     "score_rows",
     "steps_curve",
@@ -246,6 +247,17 @@ def score_rows(
     return rows
 
 
+def render_gflop(renderer, cond: Conditions) -> float:
+    """Compute of rendering one clip (GFLOP, torch's FLOP counter): sampler, token projection,
+    caption embedding and frame decoding."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    renderer.continue_from(None)
+    with FlopCounterMode(display=False) as counter:
+        renderer.render(cond)
+    return counter.get_total_flops() / 1e9
+
+
 def steps_curve(
     renderers: dict[str, object],
     settings: dict[str, tuple[int, ...]],
@@ -253,7 +265,7 @@ def steps_curve(
     truth: np.ndarray,
     scorers: tuple,
 ) -> dict[str, dict[str, float]]:
-    """Quality and compute per clip for each renderer at each step count (fusion off)."""
+    """Quality, time and compute per clip for each renderer at each step count (fusion off)."""
     frame_cls, video_cls, embed = scorers
     out = {}
     for name, steps_list in settings.items():
@@ -267,6 +279,7 @@ def steps_curve(
                 "model": name,
                 "steps": steps,
                 "ms_per_clip": ms,
+                "gflop_per_clip": render_gflop(r, conditions[0]),
                 "nfe": steps,
                 "ssim": row["ssim_gray"],
                 "video_2way": row["video_2way"],

@@ -2,8 +2,9 @@ import json
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
-from rtdecode.bundle import BundleError, load_bundle, save_bundle
+from rtdecode.bundle import BundleError, load_bundle, refresh_manifest, save_bundle
 
 MANIFEST = {
     "name": "t",
@@ -22,6 +23,19 @@ def test_round_trip_and_digest(tmp_path):
     again = load_bundle(tmp_path / "b")
     assert np.array_equal(again.tensor("w"), b.tensor("w"))
     assert again.digest == b.digest and again.lags == (2, 3)
+
+
+def test_a_file_rewritten_in_place_is_re_checksummed(tmp_path):
+    path = tmp_path / "b"
+    path.mkdir()
+    save_file({"v": np.zeros(2, np.float32)}, str(path / "extra.safetensors"))
+    save_bundle(path, MANIFEST, {"w": np.ones(3, np.float32)}, include=("extra.safetensors",))
+    save_file({"v": np.ones(2, np.float32)}, str(path / "extra.safetensors"))
+    with pytest.raises(BundleError, match="checksum"):
+        load_bundle(path)
+    b = refresh_manifest(path, {"renderer": {"steps": 1}})
+    assert b.manifest["renderer"] == {"steps": 1}
+    assert np.array_equal(b.tensor("v"), np.ones(2, np.float32))
 
 
 def test_corrupt_or_foreign_bundles_are_refused(tmp_path):

@@ -63,4 +63,6 @@ def test_evaluate_writes_every_row(tiny_dataset, tmp_path):
     assert 0 < fusion["threshold"] <= 1 and 0 <= fusion["test"]["auc"] <= 1
     curve = res["subtasks"]["steps_curve"]
     assert {"teacher 16 steps", "student 2 steps"} <= set(curve)
+    # Measured compute: 16 denoiser calls cost more than 2, and a clip costs something.
+    assert curve["teacher 16 steps"]["gflop_per_clip"] > curve["student 2 steps"]["gflop_per_clip"] > 0
     assert (tmp_path / "table" / "table.md").exists()

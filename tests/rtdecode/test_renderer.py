@@ -3,13 +3,16 @@
 import numpy as np
 import torch
 
+from rtdecode.models.autoencoder import FrameAutoencoder
 from rtdecode.models.video_denoiser import DenoiserConfig, VideoDenoiser, condition_inputs
-from rtdecode.render.diffusion import flow_schedule, sample_flow
+from rtdecode.render.diffusion import flow_schedule, renderer_autoencoder, sample_flow
 from rtdecode.train.renderer import (
     RendererConfig,
     degrade_conditions,
     distill_student,
+    frame_decoder_tensors,
     reflow_pairs,
+    train_frame_decoder,
     train_teacher,
 )
 from rtdecode.train.targets import Targets
@@ -122,3 +125,25 @@ def test_teacher_and_student_train(tmp_path, monkeypatch):
         cond["blurry"], batch["latents"]
     )
     assert isinstance(student, VideoDenoiser)
+
+
+def test_light_frame_decoder_trains_and_loads_back(tmp_path):
+    ae = FrameAutoencoder({"block_out_channels": [16], "norm_num_groups": 8}).eval()
+    cfg = RendererConfig(
+        frame_decoder_channels=8, frame_decoder_steps=60, frame_decoder_movies=4, checkpoint_every=1000
+    )
+    light, spec, hist = train_frame_decoder(ae, cfg, tmp_path, progress=False)
+    assert np.mean([h["loss"] for h in hist[-10:]]) < np.mean([h["loss"] for h in hist[:10]])
+    m = spec["metrics"]
+    assert m["gflop_per_clip"] < m["gflop_per_clip_autoencoder"] and np.isfinite(m["psnr"])
+    # The encoder is the autoencoder's, untouched: the latent space stays the one decoders predict.
+    for name, p in ae.vae.encoder.named_parameters():
+        assert torch.equal(p, light.vae.encoder.get_parameter(name))
+    tensors = frame_decoder_tensors(light)
+    assert tensors and all(
+        k.startswith(("frame_decoder.vae.decoder.", "frame_decoder.vae.post_quant_conv.")) for k in tensors
+    )
+    loaded = renderer_autoencoder(tensors, {"frame_decoder": spec}, ae)
+    z = torch.randn(3, *ae.latent_shape)
+    assert torch.equal(loaded.decode(z), light.decode(z))
+    assert renderer_autoencoder(tensors, {}, ae) is ae  # renderers without one decode with the autoencoder
