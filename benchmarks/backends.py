@@ -5,8 +5,8 @@ Decode: the bundle's trained :class:`~rtdecode.decode.neurons.NeuronsDecoder`, o
 Conditions (every head + greedy caption).
 Render: :class:`~rtdecode.render.diffusion.DiffusionRenderer` with the shipped 2-step student
 (``engines/default/renderer.safetensors``), 16 frames of 16×16×4 latents, decoded to 64×64
-frames by the renderer's light frame decoder (the autoencoder's decoder when it ships none). The caption's text embedding (world-CLIP text tower) runs
-in torch on both paths.
+frames by the renderer's light frame decoder (the autoencoder's decoder when it ships none).
+The caption's text embedding (world-CLIP text tower) runs in torch on both paths.
 
 The onnxruntime path is the same two stage objects after
 :func:`~rtdecode.backends.models.compile_decoder_stage` and

@@ -187,11 +187,7 @@ def save_bundle(
     arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}
     save_file(arrays, str(path / weights))
     m = {"format": BUNDLE_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **manifest}
-    m["files"] = {name: sha256_file(path / name) for name in (weights, *include)}
-    tmp = path / "manifest.json.tmp"
-    tmp.write_text(json.dumps(m, indent=1, default=_json_default))
-    tmp.replace(path / "manifest.json")
-    return load_bundle(path)
+    return _write_manifest(path, m, (weights, *include))
 
 
 def refresh_manifest(path: str | Path, updates: dict[str, Any]) -> Bundle:
@@ -200,7 +196,12 @@ def refresh_manifest(path: str | Path, updates: dict[str, Any]) -> Bundle:
     path = Path(path)
     m = json.loads((path / "manifest.json").read_text())
     m.update(updates)
-    m["files"] = {name: sha256_file(path / name) for name in m["files"]}
+    return _write_manifest(path, m, tuple(m["files"]))
+
+
+def _write_manifest(path: Path, m: dict[str, Any], files: tuple[str, ...]) -> Bundle:
+    """Checksum ``files``, write the manifest atomically, reload the bundle."""
+    m["files"] = {name: sha256_file(path / name) for name in files}
     tmp = path / "manifest.json.tmp"
     tmp.write_text(json.dumps(m, indent=1, default=_json_default))
     tmp.replace(path / "manifest.json")

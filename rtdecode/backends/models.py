@@ -554,7 +554,7 @@ def bundle_engines(
     if spec is not None and ae is not None:  # the renderer decodes with its own frame decoder
         from rtdecode.render.diffusion import renderer_autoencoder
 
-        ae = encoders["ae"] = renderer_autoencoder(weights, spec, ae)
+        ae = renderer_autoencoder(weights, spec, ae)
     latent_hw = tuple(ae.latent_shape[1:]) if ae is not None else (16, 16)
     frames = int(manifest.get("frames_per_tr", 16))
     parts = _calibration_key(render_precision)

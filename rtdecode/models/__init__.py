@@ -24,13 +24,14 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["count_parameters", "load_module", "module_tensors"]
+__all__ = ["count_gflop", "count_parameters", "load_module", "module_tensors"]
 
 
 def module_tensors(
@@ -96,6 +97,15 @@ def load_module(module: nn.Module, tensors: Mapping[str, np.ndarray], prefix: st
             )
         state[name] = torch.from_numpy(np.ascontiguousarray(arr)).to(ref.dtype)
     module.load_state_dict(state, strict=True)
+
+
+def count_gflop(fn: Callable[[], Any]) -> float:
+    """GFLOP that ``fn()`` runs (torch's FLOP counter; without autograd)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
 
 
 def count_parameters(module: nn.Module) -> int:

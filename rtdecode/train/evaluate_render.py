@@ -250,12 +250,10 @@ def score_rows(
 def render_gflop(renderer, cond: Conditions) -> float:
     """Compute of rendering one clip (GFLOP, torch's FLOP counter): sampler, token projection,
     caption embedding and frame decoding."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from rtdecode.models import count_gflop
 
     renderer.continue_from(None)
-    with FlopCounterMode(display=False) as counter:
-        renderer.render(cond)
-    return counter.get_total_flops() / 1e9
+    return count_gflop(lambda: renderer.render(cond))
 
 
 def steps_curve(

@@ -256,15 +256,6 @@ def distill_student(
     return student, result.history
 
 
-def frame_decoder_compute(ae, frames: int = 16) -> float:
-    """GFLOP of decoding one clip of ``frames`` latents (torch's FLOP counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        ae.decode(torch.zeros(frames, *ae.latent_shape))
-    return counter.get_total_flops() / 1e9
-
-
 def train_frame_decoder(
     ae, cfg: RendererConfig, checkpoints: Path | None, progress: bool = True
 ) -> tuple[Any, dict, list]:
@@ -279,6 +270,7 @@ def train_frame_decoder(
         ``ae`` with the light decoder (:func:`~rtdecode.models.autoencoder.with_decoder`), the
         ``frame_decoder`` entry of ``renderer.json`` (config and measurements) and the losses.
     """
+    from rtdecode.models import count_gflop
     from rtdecode.models.autoencoder import frames_to_tensor, psnr, with_decoder
     from rtdecode.train.encoders import EncodersConfig, _spread, make_pool
 
@@ -315,12 +307,13 @@ def train_frame_decoder(
     test = test[_spread(len(test), 1024)]
     with torch.no_grad():
         z = ae.encode(test)
+        clip = torch.zeros(16, *ae.latent_shape)  # one 16-frame clip's latents
         truth = frames_to_tensor(test)
         metrics = {
             "psnr": float(psnr(truth, light.decode(z)).mean()),
             "psnr_autoencoder": float(psnr(truth, ae.decode(z)).mean()),
-            "gflop_per_clip": frame_decoder_compute(light),
-            "gflop_per_clip_autoencoder": frame_decoder_compute(ae),
+            "gflop_per_clip": count_gflop(lambda: light.decode(clip)),
+            "gflop_per_clip_autoencoder": count_gflop(lambda: ae.decode(clip)),
             "steps": cfg.frame_decoder_steps,
         }
     log.info("frame decoder: %.2f dB (autoencoder %.2f dB)", metrics["psnr"], metrics["psnr_autoencoder"])
@@ -442,8 +435,8 @@ def train_frame_decoder_cli(cfg: FrameDecoderTrainConfig, progress: bool = True)
         raise FileNotFoundError(f"{out} has no renderer.json: run `rtdecode train renderer` first")
     torch.set_num_threads(cfg.threads)
     doc = json.loads((out / "renderer.json").read_text())
-    tensors = {k: v for k, v in load_file(str(out / "renderer.safetensors")).items()}
-    tensors = {k: v for k, v in tensors.items() if not k.startswith("frame_decoder.")}
+    old = load_file(str(out / "renderer.safetensors"))
+    tensors = {k: v for k, v in old.items() if not k.startswith("frame_decoder.")}
     ae = read_encoders(out)["ae"]
     light, doc["frame_decoder"], _ = train_frame_decoder(
         ae, cfg.renderer, out / "checkpoints" / "renderer", progress
