@@ -128,6 +128,8 @@ def engine_key(
             "device": device_name() if backend in _GPU else "cpu",
             "precision": precision,
             "opset": OPSET,
+            # onnxruntime graphs carry its fused contrib operators (rtdecode.backends.contrib).
+            "contrib_ops": backend == "onnxruntime",
             "inputs": [
                 [k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in example_inputs.items()
             ],
@@ -178,7 +180,9 @@ def _build(
             from rtdecode.backends.quantize import quantize_onnx
 
             fp32 = Path(tmp) / "model.fp32.onnx"
-            names = export_onnx(module, inputs, fp32, dynamic_batch=dynamic_batch, max_batch=max_batch)
+            names = export_onnx(
+                module, inputs, fp32, dynamic_batch=dynamic_batch, max_batch=max_batch, contrib=True
+            )
             quantize_onnx(fp32, tmp_path, calibration())
         else:
             names = export_onnx(
@@ -188,6 +192,7 @@ def _build(
                 precision=precision,
                 dynamic_batch=dynamic_batch,
                 max_batch=max_batch,
+                contrib=True,
             )
         entry.key_file.unlink(missing_ok=True)
         os.replace(tmp_path, entry.artifact)

@@ -160,6 +160,7 @@ def export_onnx(
     dynamic_batch: bool = False,
     max_batch: int = 64,
     opset: int = OPSET,
+    contrib: bool = False,
 ) -> list[str]:
     """Export ``module(**example_inputs)`` to an ONNX file and check it with ``onnx.checker``.
 
@@ -180,6 +181,9 @@ def export_onnx(
         Upper bound of the batch axis when dynamic.
     opset
         ONNX opset (≥ 17).
+    contrib
+        Export attention and GELU as onnxruntime's fused contrib operators
+        (:mod:`rtdecode.backends.contrib`; such a graph runs on onnxruntime only).
 
     Returns
     -------
@@ -188,11 +192,40 @@ def export_onnx(
     """
     import onnx
 
+    from rtdecode.backends.contrib import contrib_ops
+
     if opset < 17:
         raise ValueError(f"opset must be ≥ 17, got {opset}")
     inputs = {k: torch.as_tensor(v) for k, v in example_inputs.items()}
     with _quiet(), torch.no_grad():
         names = output_names(module(**inputs))
+    with contrib_ops(module) if contrib else contextlib.nullcontext():
+        model = _export(module, inputs, names, precision, dynamic_batch, max_batch, opset, contrib)
+    if dynamic_batch:
+        symbols = {
+            d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim[:1] if d.dim_param
+        }
+        _name_batch_axis(model, symbols)
+    check_onnx(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return names
+
+
+def _export(
+    module: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    names: list[str],
+    precision: str,
+    dynamic_batch: bool,
+    max_batch: int,
+    opset: int,
+    contrib: bool,
+) -> Any:
+    """torch.export + the dynamo ONNX exporter; the ONNX ModelProto."""
+    from rtdecode.backends.contrib import translations
+
     graph = GraphModule(module, names, precision).eval()
     dynamic_shapes = None
     if dynamic_batch:
@@ -210,18 +243,9 @@ def export_onnx(
             dynamo=True,
             external_data=False,
             verbose=False,
+            custom_translation_table=translations() if contrib else None,
         )
-    model = onnx_program.model_proto
-    if dynamic_batch:
-        symbols = {
-            d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim[:1] if d.dim_param
-        }
-        _name_batch_axis(model, symbols)
-    check_onnx(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(path))
-    return names
+    return onnx_program.model_proto
 
 
 def max_difference(out: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor]) -> dict[str, float]:

@@ -174,6 +174,57 @@ def test_fp16_graph_for_tensorrt(tmp_path):
     assert {o.type.tensor_type.elem_type for o in model.graph.output} == {onnx.TensorProto.FLOAT}
 
 
+def _contrib_nodes(model) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(n.op_type for n in model.graph.node if n.domain == "com.microsoft"))
+
+
+def test_onnxruntime_graphs_use_fused_attention_and_gelu_and_tensorrt_graphs_do_not(stages, tmp_path):
+    # onnxruntime's denoiser engine: every diffusers attention is one MultiHeadAttention, every
+    # GELU one Gelu (no Erf left); the plain export (TensorRT's input) has no contrib operators.
+    den = stages["ren_t"].model
+    engine = onnx.load(str(_runners(stages)["denoiser"].entry.artifact))
+    count = {name: sum(type(m).__name__ == name for m in den.modules()) for name in ("Attention", "GEGLU")}
+    assert _contrib_nodes(engine) == {"MultiHeadAttention": count["Attention"], "Gelu": count["GEGLU"]}
+    assert not any(n.op_type == "Erf" for n in engine.graph.node)
+    plain = tmp_path / "plain.onnx"
+    export_onnx(DenoiserGraph(den), denoiser_inputs(den.config, (8, 8)), plain)
+    assert _contrib_nodes(onnx.load(str(plain))) == {}
+
+
+def test_contrib_ops_compute_what_diffusers_computes_and_restore_the_processors():
+    from rtdecode.backends.contrib import FusedAttnProcessor, contrib_ops
+
+    den = small_renderer(seed=4).model
+    inputs = denoiser_inputs(den.config, (8, 8))
+
+    def processors() -> list[type]:
+        return [type(m.processor) for m in den.modules() if hasattr(m, "processor")]
+
+    before = processors()
+    with torch.no_grad():
+        ref = den(**inputs)
+        with contrib_ops(den) as swapped:
+            assert swapped == len(before)
+            assert set(processors()) == {FusedAttnProcessor}
+            fused = den(**inputs)
+    assert processors() == before
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_contrib_ops_leave_attention_they_cannot_fuse_alone():
+    from diffusers.models.attention_processor import Attention
+
+    from rtdecode.backends.contrib import contrib_ops
+
+    plain = Attention(16, heads=2, dim_head=8)
+    residual = Attention(16, heads=2, dim_head=8, residual_connection=True)
+    with contrib_ops(nn.ModuleList([plain, residual])) as swapped:
+        assert swapped == 1
+        assert type(residual.processor).__name__ != "FusedAttnProcessor"
+
+
 # ------------------------------------------------------------------------------------ parity
 
 
