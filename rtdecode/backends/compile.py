@@ -17,6 +17,7 @@ from torch import nn
 from rtdecode.backends.cache import DEFAULT_CACHE_DIR, CacheEntry, entry_for
 from rtdecode.backends.choice import backend_version, device_name, resolve_backend
 from rtdecode.backends.export import OPSET, GraphModule, export_onnx, module_digest, output_dict, output_names
+from rtdecode.backends.fusions import VERSION as FUSIONS_VERSION
 
 __all__ = ["Runner", "TorchRunner", "compile_module", "engine_key"]
 
@@ -128,8 +129,8 @@ def engine_key(
             "device": device_name() if backend in _GPU else "cpu",
             "precision": precision,
             "opset": OPSET,
-            # onnxruntime graphs carry its fused contrib operators (rtdecode.backends.contrib).
-            "contrib_ops": backend == "onnxruntime",
+            # onnxruntime graphs take its own forms (rtdecode.backends.fusions).
+            "ort_fusions": FUSIONS_VERSION if backend == "onnxruntime" else None,
             "inputs": [
                 [k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in example_inputs.items()
             ],
@@ -181,7 +182,7 @@ def _build(
 
             fp32 = Path(tmp) / "model.fp32.onnx"
             names = export_onnx(
-                module, inputs, fp32, dynamic_batch=dynamic_batch, max_batch=max_batch, contrib=True
+                module, inputs, fp32, dynamic_batch=dynamic_batch, max_batch=max_batch, fusions=True
             )
             quantize_onnx(fp32, tmp_path, calibration())
         else:
@@ -192,7 +193,7 @@ def _build(
                 precision=precision,
                 dynamic_batch=dynamic_batch,
                 max_batch=max_batch,
-                contrib=True,
+                fusions=True,
             )
         entry.key_file.unlink(missing_ok=True)
         os.replace(tmp_path, entry.artifact)

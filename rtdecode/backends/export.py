@@ -160,7 +160,7 @@ def export_onnx(
     dynamic_batch: bool = False,
     max_batch: int = 64,
     opset: int = OPSET,
-    contrib: bool = False,
+    fusions: bool = False,
 ) -> list[str]:
     """Export ``module(**example_inputs)`` to an ONNX file and check it with ``onnx.checker``.
 
@@ -181,9 +181,9 @@ def export_onnx(
         Upper bound of the batch axis when dynamic.
     opset
         ONNX opset (≥ 17).
-    contrib
-        Export attention and GELU as onnxruntime's fused contrib operators
-        (:mod:`rtdecode.backends.contrib`; such a graph runs on onnxruntime only).
+    fusions
+        Export onnxruntime's graph forms: fused attention and GELU contrib operators, layouts
+        without the large transposes (:mod:`rtdecode.backends.fusions`; onnxruntime only).
 
     Returns
     -------
@@ -192,15 +192,15 @@ def export_onnx(
     """
     import onnx
 
-    from rtdecode.backends.contrib import contrib_ops
+    from rtdecode.backends.fusions import ort_fusions
 
     if opset < 17:
         raise ValueError(f"opset must be ≥ 17, got {opset}")
     inputs = {k: torch.as_tensor(v) for k, v in example_inputs.items()}
     with _quiet(), torch.no_grad():
         names = output_names(module(**inputs))
-    with contrib_ops(module) if contrib else contextlib.nullcontext():
-        model = _export(module, inputs, names, precision, dynamic_batch, max_batch, opset, contrib)
+    with ort_fusions(module) if fusions else contextlib.nullcontext():
+        model = _export(module, inputs, names, precision, dynamic_batch, max_batch, opset, fusions)
     if dynamic_batch:
         symbols = {
             d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim[:1] if d.dim_param
@@ -221,10 +221,10 @@ def _export(
     dynamic_batch: bool,
     max_batch: int,
     opset: int,
-    contrib: bool,
+    fusions: bool,
 ) -> Any:
     """torch.export + the dynamo ONNX exporter; the ONNX ModelProto."""
-    from rtdecode.backends.contrib import translations
+    from rtdecode.backends.fusions import translations
 
     graph = GraphModule(module, names, precision).eval()
     dynamic_shapes = None
@@ -243,7 +243,7 @@ def _export(
             dynamo=True,
             external_data=False,
             verbose=False,
-            custom_translation_table=translations() if contrib else None,
+            custom_translation_table=translations() if fusions else None,
         )
     return onnx_program.model_proto
 

@@ -17,6 +17,9 @@ towards the previous clip's last latent, so the new clip continues where the las
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
@@ -28,11 +31,20 @@ from rtdecode.render import Renderer
 __all__ = ["DiffusionRenderer", "diffusion_renderer", "flow_schedule", "renderer_autoencoder", "sample_flow"]
 
 
+_SCHEDULERS = threading.local()
+
+
 def flow_schedule(steps: int, strength: float) -> FlowMatchEulerDiscreteScheduler:
-    """A scheduler set to ``max(steps, 1)`` Euler steps from ``strength`` down to 0."""
+    """A scheduler set to ``max(steps, 1)`` Euler steps from ``strength`` down to 0.
+
+    One scheduler per thread, reset by ``set_timesteps`` on every call: constructing a diffusers
+    scheduler (its config registration) costs more than a TR's sampler arithmetic.
+    """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
-    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    sched = getattr(_SCHEDULERS, "sched", None)
+    if sched is None:
+        sched = _SCHEDULERS.sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     n = max(int(steps), 1)
     sched.set_timesteps(sigmas=np.linspace(strength, 0.0, n + 1)[:-1].tolist())
     return sched
@@ -96,6 +108,17 @@ class DiffusionRenderer(Renderer):
         self.frames_per_tr = denoiser.cfg.frames
         self.size = (autoencoder.config["frame_size"],) * 2
         self.tail: torch.Tensor | None = None
+        self._captions: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def caption_embedding(self, caption: str) -> torch.Tensor:
+        """(1, D) text embedding of a caption, from a small cache: a scene's TRs repeat captions."""
+        emb = self._captions.pop(caption, None)
+        if emb is None:
+            emb = torch.as_tensor(np.asarray(self.text_encoder([caption]), np.float32))
+        self._captions[caption] = emb
+        while len(self._captions) > 64:
+            self._captions.popitem(last=False)
+        return emb
 
     def inputs(self, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Start latents, condition channels and tokens of one TR's conditions (batch of 1).
@@ -113,7 +136,7 @@ class DiffusionRenderer(Renderer):
             return torch.zeros(1, *shape) if a is None else torch.as_tensor(np.asarray(a, np.float32))[None]
 
         if cond.caption:
-            text = torch.as_tensor(np.asarray(self.text_encoder([cond.caption]), np.float32))
+            text = self.caption_embedding(cond.caption)
         else:
             text = torch.zeros(1, c.embed_dim)
         channels, tok = condition_inputs(

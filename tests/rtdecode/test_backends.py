@@ -182,46 +182,53 @@ def _contrib_nodes(model) -> dict[str, int]:
 
 def test_onnxruntime_graphs_use_fused_attention_and_gelu_and_tensorrt_graphs_do_not(stages, tmp_path):
     # onnxruntime's denoiser engine: every diffusers attention is one MultiHeadAttention, every
-    # GELU one Gelu (no Erf left); the plain export (TensorRT's input) has no contrib operators.
+    # GELU one Gelu (no Erf left), no 5-D transposes; the plain export (TensorRT's input) has no
+    # contrib operators.
     den = stages["ren_t"].model
     engine = onnx.load(str(_runners(stages)["denoiser"].entry.artifact))
     count = {name: sum(type(m).__name__ == name for m in den.modules()) for name in ("Attention", "GEGLU")}
     assert _contrib_nodes(engine) == {"MultiHeadAttention": count["Attention"], "Gelu": count["GEGLU"]}
     assert not any(n.op_type == "Erf" for n in engine.graph.node)
+    weights = {t.name for t in engine.graph.initializer}  # GEGLU: Split only weights (folded at load)
+    assert all(n.input[0] in weights for n in engine.graph.node if n.op_type == "Split")
+    perms = [list(a.ints) for n in engine.graph.node if n.op_type == "Transpose" for a in n.attribute]
+    assert perms and all(len(p) <= 4 for p in perms), perms
     plain = tmp_path / "plain.onnx"
     export_onnx(DenoiserGraph(den), denoiser_inputs(den.config, (8, 8)), plain)
     assert _contrib_nodes(onnx.load(str(plain))) == {}
 
 
-def test_contrib_ops_compute_what_diffusers_computes_and_restore_the_processors():
-    from rtdecode.backends.contrib import FusedAttnProcessor, contrib_ops
+def test_ort_fusions_compute_what_diffusers_computes_and_are_undone():
+    from rtdecode.backends.fusions import FusedAttnProcessor, ort_fusions
 
     den = small_renderer(seed=4).model
     inputs = denoiser_inputs(den.config, (8, 8))
+    inputs["x"] = inputs["x"] * 3 + 1  # a group norm with a mean and scale to remove
 
-    def processors() -> list[type]:
-        return [type(m.processor) for m in den.modules() if hasattr(m, "processor")]
+    def forms() -> list:
+        return [(type(m.processor) if hasattr(m, "processor") else m.forward) for m in den.modules()]
 
-    before = processors()
+    before = forms()
     with torch.no_grad():
         ref = den(**inputs)
-        with contrib_ops(den) as swapped:
-            assert swapped == len(before)
-            assert set(processors()) == {FusedAttnProcessor}
+        with ort_fusions(den) as counts:
+            assert counts == {"Attention": 10, "GEGLU": 5, "TransformerTemporalModel": 3}
+            assert FusedAttnProcessor in forms()
             fused = den(**inputs)
-    assert processors() == before
+        assert forms() == before
+        torch.testing.assert_close(den(**inputs), ref, atol=0, rtol=0)
     torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_contrib_ops_leave_attention_they_cannot_fuse_alone():
+def test_ort_fusions_leave_attention_they_cannot_fuse_alone():
     from diffusers.models.attention_processor import Attention
 
-    from rtdecode.backends.contrib import contrib_ops
+    from rtdecode.backends.fusions import ort_fusions
 
     plain = Attention(16, heads=2, dim_head=8)
     residual = Attention(16, heads=2, dim_head=8, residual_connection=True)
-    with contrib_ops(nn.ModuleList([plain, residual])) as swapped:
-        assert swapped == 1
+    with ort_fusions(nn.ModuleList([plain, residual])) as counts:
+        assert counts == {"Attention": 1}
         assert type(residual.processor).__name__ != "FusedAttnProcessor"
 
 

@@ -59,6 +59,34 @@ def test_sampler_integrates_to_the_clean_latents_in_one_step():
     assert torch.allclose(out, x0, atol=1e-5)
 
 
+def test_sampler_reuses_one_scheduler_and_resets_it_per_clip():
+    x0 = torch.randn(1, 4, 2, 4, 4)
+    start = 0.5 * x0 + 0.5 * torch.randn_like(x0)
+    first = sample_flow(Oracle(x0), start, None, None, steps=3, strength=0.5)
+    assert flow_schedule(2, 0.9) is flow_schedule(3, 0.5)  # one per thread, re-set each call
+    again = sample_flow(Oracle(x0), start, None, None, steps=3, strength=0.5)
+    assert torch.equal(first, again)
+
+
+def test_caption_embeddings_are_cached_per_caption():
+    from rtdecode.render.diffusion import DiffusionRenderer
+
+    calls = []
+
+    def text(texts):
+        calls.append(list(texts))
+        return np.full((len(texts), 8), len(texts[0]), np.float32)
+
+    ae = FrameAutoencoder({"frame_size": 16, "block_out_channels": [16], "norm_num_groups": 8})
+    ren = DiffusionRenderer(VideoDenoiser(TINY), ae, text)
+    a, b = ren.caption_embedding("a red circle"), ren.caption_embedding("a red circle")
+    assert calls == [["a red circle"]] and torch.equal(a, b) and a.shape == (1, 8)
+    for i in range(100):  # bounded: old captions leave
+        ren.caption_embedding(f"caption {i}")
+    ren.caption_embedding("a red circle")
+    assert len(calls) == 102 and len(ren._captions) <= 64
+
+
 def _targets(n=24, seed=0):
     rng = np.random.default_rng(seed)
     lat = rng.standard_normal((n, 4, 2, 4, 4)).astype(np.float16)
