@@ -5,8 +5,8 @@ Decode: the bundle's trained :class:`~rtdecode.decode.neurons.NeuronsDecoder`, o
 Conditions (every head + greedy caption).
 Render: :class:`~rtdecode.render.diffusion.DiffusionRenderer` with the shipped 2-step student
 (``engines/default/renderer.safetensors``), 16 frames of 16×16×4 latents, decoded to 64×64
-frames by the renderer's light frame decoder (the autoencoder's decoder when it ships none).
-The caption's text embedding (world-CLIP text tower) runs in torch on both paths.
+frames by the renderer's light frame decoder (the autoencoder's decoder when it ships none), and
+the caption's text embedding (world-CLIP text tower; cached per caption on both paths).
 
 The onnxruntime path is the same two stage objects after
 :func:`~rtdecode.backends.models.compile_decoder_stage` and
@@ -141,6 +141,7 @@ def run(args: argparse.Namespace, threads: int, decoders, renderers, windows) ->
     dec_o.model = getattr(dec_o.model, "_torch", dec_o.model)
     ren_o.model = getattr(ren_o.model, "_torch", ren_o.model)
     ren_o.ae = getattr(ren_o.ae, "_torch", ren_o.ae)
+    ren_o.text_encoder = getattr(ren_o.text_encoder, "_torch", ren_o.text_encoder)
     key = {"bundle": bundle_digest(args.bundle)}  # as `rtdecode engines build` keys them
     compile_decoder_stage(dec_o, "onnxruntime", args.cache_dir, key, threads=threads)
     compile_render_stage(ren_o, "onnxruntime", args.cache_dir, key, threads=threads, precision=args.precision)
@@ -150,6 +151,7 @@ def run(args: argparse.Namespace, threads: int, decoders, renderers, windows) ->
         "denoiser": ren_o.model.forward_runner.built,
         "tokens": ren_o.model.tokens_runner.built,
         "ae-decode": ren_o.ae.runner.built,
+        "text-encoder": ren_o.text_encoder.runner.built,
     }
     times: dict[str, list[dict[str, float]]] = {"torch": [], "onnxruntime": []}
     diffs: list[dict[str, float]] = []

@@ -1296,8 +1296,9 @@ def time_render(renderer, repeats: int, fusion: bool = False, warmup: int = 2) -
 
 def _backend_renderer(kit: _RenderKit, backend: str, frames: int, resolution: int, steps: int):
     """The renderer at these settings with its networks (denoiser, token projection, frame
-    decoder) run by ``backend`` through :func:`rtdecode.backends.models.compile_render_stage`
-    (built into, or loaded from, the engine cache).
+    decoder, caption text tower) run by ``backend`` through
+    :func:`rtdecode.backends.models.compile_render_stage` (built into, or loaded from, the engine
+    cache) at the precision a session's ``--precision auto`` gives that backend.
 
     Raises
     ------
@@ -1308,9 +1309,11 @@ def _backend_renderer(kit: _RenderKit, backend: str, frames: int, resolution: in
 
     try:
         stages = importlib.import_module("rtdecode.backends.models")
+        choice = importlib.import_module("rtdecode.backends.choice")
     except ImportError as exc:
         raise ImportError(f"rtdecode.backends is not importable ({exc})") from exc
-    return stages.compile_render_stage(kit.renderer(frames, resolution, steps), backend)
+    precision = choice.stage_precisions(choice.resolve_backend(backend))[1]
+    return stages.compile_render_stage(kit.renderer(frames, resolution, steps), backend, precision=precision)
 
 
 def _fit_axis(points: list[dict[str, Any]], key: str, stages: Sequence[str]) -> dict[str, Any]:

@@ -16,12 +16,16 @@ Graphs (what is exported)
         :class:`TokensGraph`: ``VideoDenoiser.tokens`` (the cross-attention tokens; once per TR).
     ``ae-decode``
         :class:`AutoencoderDecodeGraph`: scaled latents (F, C, h, w) → frames in [0, 1].
+    ``text-encoder``
+        :class:`TextGraph`: the world-CLIP text tower, caption token ids → the renderer's caption
+        embedding (once per TR with a new caption); axis 0 dynamic.
 
 Stand-ins (how a stage switches backend with one call)
     :func:`compile_decoder_stage` swaps a :class:`~rtdecode.decode.neurons.NeuronsDecoder`'s
     ``model`` for a :class:`CompiledBrainDecoder`; :func:`compile_render_stage` swaps a
-    :class:`~rtdecode.render.diffusion.DiffusionRenderer`'s ``model`` and ``ae`` for a
-    :class:`CompiledDenoiser` and a :class:`CompiledAutoencoder`. The stand-ins answer the calls
+    :class:`~rtdecode.render.diffusion.DiffusionRenderer`'s ``model``, ``ae`` and ``text_encoder``
+    for a :class:`CompiledDenoiser`, a :class:`CompiledAutoencoder` and a
+    :class:`CompiledCaptionEncoder`. The stand-ins answer the calls
     those stages make (``model(x)``, ``model.caption.generate(hidden, bos, eos)``,
     ``model(x, t, channels, tokens)``, ``model.tokens(...)``, ``ae.decode(latents)``) and pass
     anything else to the torch model they wrap.
@@ -49,10 +53,12 @@ __all__ = [
     "AutoencoderDecodeGraph",
     "CompiledAutoencoder",
     "CompiledBrainDecoder",
+    "CompiledCaptionEncoder",
     "CompiledDenoiser",
     "DecoderGraph",
     "DenoiserGraph",
     "EngineSpec",
+    "TextGraph",
     "TokensGraph",
     "bundle_digest",
     "bundle_engines",
@@ -60,6 +66,7 @@ __all__ = [
     "compile_render_stage",
     "decoder_inputs",
     "denoiser_inputs",
+    "text_inputs",
     "tokens_inputs",
 ]
 
@@ -135,6 +142,18 @@ class AutoencoderDecodeGraph(nn.Module):
         return {"frames": ((x + 1) / 2).clamp(0, 1)}
 
 
+class TextGraph(nn.Module):
+    """The world-CLIP text tower: caption token ids ``(N, L)`` → ``{"text": (N, D)}`` (L2-normalised)."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+        self.config = {**clip.config, "graph": "text"}
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"text": self.clip.encode_tokens(tokens)}
+
+
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -167,6 +186,11 @@ def tokens_inputs(config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         "concepts": torch.rand(1, config["n_concepts"], generator=torch.Generator().manual_seed(6)),
         "coverage": torch.full((1, 1), 0.3),
     }
+
+
+def text_inputs(clip: nn.Module) -> dict[str, torch.Tensor]:
+    """Example inputs of a text graph: one caption's token ids (``max_words + 2``, padded)."""
+    return {"tokens": clip.tokenize(["a caption"])}
 
 
 def ae_inputs(ae: nn.Module, frames: int) -> dict[str, torch.Tensor]:
@@ -278,6 +302,18 @@ class CompiledAutoencoder(_Delegate):
         return self.runner(latents=z)["frames"]
 
 
+class CompiledCaptionEncoder(_Delegate):
+    """Stands in for a :class:`~rtdecode.render.diffusion.CaptionEncoder`: tokenisation in Python,
+    the text tower on the engine."""
+
+    def __init__(self, encoder: Any, runner: Runner) -> None:
+        self._torch = encoder
+        self.runner = runner
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self.runner(tokens=self._torch.tokens(texts))["text"].numpy()
+
+
 # ------------------------------------------------------------------------------ stage helpers
 
 
@@ -339,14 +375,15 @@ def compile_render_stage(
 ) -> Any:
     """Run a renderer's networks through compiled engines (in place).
 
-    A :class:`~rtdecode.render.diffusion.DiffusionRenderer` gets its denoiser, token projection
-    and autoencoder decoder compiled; a renderer with only an autoencoder (``LatentRenderer``)
-    its decoder; any other renderer (no networks of ours) is returned unchanged.
+    A :class:`~rtdecode.render.diffusion.DiffusionRenderer` gets its denoiser, token projection,
+    autoencoder decoder and (a :class:`~rtdecode.render.diffusion.CaptionEncoder`) caption text
+    tower compiled; a renderer with only an autoencoder (``LatentRenderer``) its decoder; any
+    other renderer (no networks of ours) is returned unchanged.
 
     Parameters
     ----------
     renderer
-        The stage (its ``model`` and ``ae`` are replaced by stand-ins).
+        The stage (its ``model``, ``ae`` and ``text_encoder`` are replaced by stand-ins).
     backend
         ``auto|torch|onnxruntime|tensorrt|torch-tensorrt`` (``torch``: unchanged).
     cache_dir, key_parts, threads
@@ -370,6 +407,7 @@ def compile_render_stage(
     from rtdecode.backends.quantize import ae_calibration
     from rtdecode.models.autoencoder import FrameAutoencoder
     from rtdecode.models.video_denoiser import VideoDenoiser
+    from rtdecode.render.diffusion import CaptionEncoder
 
     model, ae = getattr(renderer, "model", None), getattr(renderer, "ae", None)
     if resolve_backend(backend) == "torch" or not isinstance(ae, FrameAutoencoder):
@@ -414,6 +452,19 @@ def compile_render_stage(
         calibration=lambda: calib()[1] or ae_calibration(ae, frames),
     )
     renderer.ae = CompiledAutoencoder(ae, dec, tuple(example["latents"].shape))
+    text = getattr(renderer, "text_encoder", None)
+    if isinstance(text, CaptionEncoder):
+        runner = compile_module(
+            TextGraph(text.clip),
+            text_inputs(text.clip),
+            "text-encoder",
+            backend,
+            cache_dir,
+            key_parts,
+            dynamic_batch=True,
+            threads=threads,
+        )
+        renderer.text_encoder = CompiledCaptionEncoder(text, runner)
     return renderer
 
 
@@ -477,9 +528,9 @@ def bundle_engines(
     """The engines a bundle directory needs, and notes on the models it lacks.
 
     Looks for the brain decoder (a ``neurons`` bundle's ``decoder``), the renderer's denoiser
-    (the manifest's ``renderer`` entry, else ``renderer.json`` + ``renderer.safetensors``) and
-    the autoencoder (the manifest's ``encoders`` entry, else ``encoders.json`` +
-    ``encoders.safetensors``).
+    (the manifest's ``renderer`` entry, else ``renderer.json`` + ``renderer.safetensors``), and
+    the autoencoder and world-CLIP (the manifest's ``encoders`` entry, else ``encoders.json`` +
+    ``encoders.safetensors``; the text tower is compiled when there is a renderer to condition).
 
     Parameters
     ----------
@@ -532,7 +583,7 @@ def bundle_engines(
         notes.append(f"no brain decoder in {path} (kind {manifest.get('kind', '?')!r}): decoder skipped")
 
     int8 = render_precision == "int8"
-    names = ("ae", "clip") if int8 else ("ae",)
+    names = ("ae", "clip")  # the autoencoder's decoder; the caption text tower (and int8 calibration)
     if "encoders" in manifest:
         models = manifest["encoders"]["models"]
         encoders = load_encoders(tensors, {k: models[k] for k in names})
@@ -584,6 +635,9 @@ def bundle_engines(
             )
             specs.append(EngineSpec(f"tokens-{which}", TokensGraph(den), tokens_inputs(den.config)))
         frames = int(spec["config"]["frames"])
+    if spec is not None and encoders.get("clip") is not None:
+        clip = encoders["clip"].eval()
+        specs.append(EngineSpec("text-encoder", TextGraph(clip), text_inputs(clip), dynamic_batch=True))
     if ae is not None:
         specs.append(
             EngineSpec(

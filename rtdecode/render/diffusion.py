@@ -28,7 +28,14 @@ from rtdecode.conditions import Conditions
 from rtdecode.models.video_denoiser import VideoDenoiser, condition_inputs
 from rtdecode.render import Renderer
 
-__all__ = ["DiffusionRenderer", "diffusion_renderer", "flow_schedule", "renderer_autoencoder", "sample_flow"]
+__all__ = [
+    "CaptionEncoder",
+    "DiffusionRenderer",
+    "diffusion_renderer",
+    "flow_schedule",
+    "renderer_autoencoder",
+    "sample_flow",
+]
 
 
 _SCHEDULERS = threading.local()
@@ -65,6 +72,29 @@ def sample_flow(
         tt = torch.full((x.shape[0],), float(t) / 1000.0)
         x = sched.step(model(x, tt, channels, tokens), t, x).prev_sample
     return x
+
+
+class CaptionEncoder:
+    """Captions → ``(N, D)`` float32 world-CLIP text embeddings: the renderer's caption condition.
+
+    A class rather than a closure so that :func:`~rtdecode.backends.compile_render_stage` can
+    put its network (:meth:`embed`) on a compiled engine; tokenisation stays in Python.
+    """
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        self.clip = clip
+
+    def tokens(self, texts: list[str]) -> torch.Tensor:
+        """``(N, L)`` token ids."""
+        return self.clip.tokenize(texts)
+
+    @torch.no_grad()
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids → L2-normalised ``(N, D)`` embeddings."""
+        return self.clip.encode_tokens(tokens)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.embed(self.tokens(texts)), np.float32)
 
 
 class DiffusionRenderer(Renderer):
@@ -108,6 +138,15 @@ class DiffusionRenderer(Renderer):
         self.frames_per_tr = denoiser.cfg.frames
         self.size = (autoencoder.config["frame_size"],) * 2
         self.tail: torch.Tensor | None = None
+
+    @property
+    def text_encoder(self):
+        """Callable ``list[str] -> (N, D)`` caption embeddings; setting it empties the cache."""
+        return self._text_encoder
+
+    @text_encoder.setter
+    def text_encoder(self, encoder) -> None:
+        self._text_encoder = encoder
         self._captions: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def caption_embedding(self, caption: str) -> torch.Tensor:
@@ -232,17 +271,11 @@ def diffusion_renderer(
         raise ValueError(f"which must be student or teacher, got {which!r}")
     model = VideoDenoiser.from_config(spec["config"])
     load_module(model, tensors, f"{which}.")
-    clip = encoders["clip"]
-
-    def text_encoder(texts: list[str]) -> np.ndarray:
-        with torch.no_grad():
-            return np.asarray(clip.encode_text(texts), np.float32)
-
     n = steps or int(spec[f"{which}_steps"])
     return DiffusionRenderer(
         model.float(),
         renderer_autoencoder(tensors, spec, encoders["ae"]),
-        text_encoder,
+        CaptionEncoder(encoders["clip"].eval()),
         n,
         float(spec["strength"]),
         **kwargs,

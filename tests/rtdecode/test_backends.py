@@ -254,6 +254,29 @@ def test_onnxruntime_parity_with_torch(stages):
     assert torch.equal(out["frames"], runners["ae-decode"](**cases["ae-decode"][1])["frames"])
 
 
+def test_caption_text_tower_runs_on_the_engine(tmp_path):
+    from rtdecode.backends.models import CompiledCaptionEncoder
+    from rtdecode.models.worldclip import WorldCLIP
+    from rtdecode.render.diffusion import CaptionEncoder
+
+    torch.manual_seed(0)
+    clip = WorldCLIP({"embed_dim": 16, "text": {"words": WORDS, "max_words": 6, "width": 16, "heads": 2}})
+    ren = small_renderer()
+    ren.text_encoder = CaptionEncoder(clip.eval())
+    captions = ["a red circle moving left", "a blue star", "a ring up"]
+    ref = ren.text_encoder(captions)
+    torch_emb = ren.caption_embedding(captions[0])
+    compile_render_stage(ren, "onnxruntime", tmp_path, {"bundle": "test"}, threads=1)
+    assert isinstance(ren.text_encoder, CompiledCaptionEncoder)
+    assert ren.text_encoder.runner.name == "text-encoder" and ren.text_encoder.runner.built
+    out = ren.text_encoder(captions)  # three captions: the batch axis is dynamic
+    assert out.shape == ref.shape and np.abs(out - ref).max() <= TOLERANCE["fp32"][0]
+    emb = ren.caption_embedding(captions[0])  # a new text encoder empties the caption cache
+    assert emb is not torch_emb and torch.allclose(emb, torch_emb, atol=1e-5)
+    nodes = {n.op_type for n in onnx.load(str(ren.text_encoder.runner.entry.artifact)).graph.node}
+    assert "Gelu" in nodes and "Erf" not in nodes  # onnxruntime's fused GELU in the text tower too
+
+
 def test_stages_swap_backend_with_one_call(stages):
     rng = np.random.default_rng(3)
     for tr in range(2):
@@ -342,6 +365,7 @@ def test_engines_build_asks_for_the_int8_engines_a_session_uses():
         assert specs[name].precision == "int8" and specs[name].key_parts == {"calibration": CALIBRATION}
         assert callable(specs[name].calibration)
     assert specs["tokens-student"].precision is None and specs["decoder"].precision is None
+    assert specs["text-encoder"].precision is None and specs["text-encoder"].dynamic_batch
     feeds = specs["ae-decode"].calibration()  # the denoiser's renders, F frames each
     assert len(feeds) == CALIBRATION["clips"] and feeds[0]["latents"].shape == (16, 4, 16, 16)
 
