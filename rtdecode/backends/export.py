@@ -192,7 +192,7 @@ def export_onnx(
     """
     import onnx
 
-    from rtdecode.backends.fusions import ort_fusions
+    from rtdecode.backends.fusions import ort_fusions, translations
 
     if opset < 17:
         raise ValueError(f"opset must be ≥ 17, got {opset}")
@@ -200,7 +200,8 @@ def export_onnx(
     with _quiet(), torch.no_grad():
         names = output_names(module(**inputs))
     with ort_fusions(module) if fusions else contextlib.nullcontext():
-        model = _export(module, inputs, names, precision, dynamic_batch, max_batch, opset, fusions)
+        table = translations() if fusions else None
+        model = _export(module, inputs, names, precision, dynamic_batch, max_batch, opset, table)
     if dynamic_batch:
         symbols = {
             d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim[:1] if d.dim_param
@@ -221,11 +222,10 @@ def _export(
     dynamic_batch: bool,
     max_batch: int,
     opset: int,
-    fusions: bool,
+    translation_table: dict[Any, Any] | None,
 ) -> Any:
-    """torch.export + the dynamo ONNX exporter; the ONNX ModelProto."""
-    from rtdecode.backends.fusions import translations
-
+    """torch.export + the dynamo ONNX exporter (with ``translation_table`` as its custom
+    translations); the ONNX ModelProto."""
     graph = GraphModule(module, names, precision).eval()
     dynamic_shapes = None
     if dynamic_batch:
@@ -243,7 +243,7 @@ def _export(
             dynamo=True,
             external_data=False,
             verbose=False,
-            custom_translation_table=translations() if fusions else None,
+            custom_translation_table=translation_table,
         )
     return onnx_program.model_proto
 

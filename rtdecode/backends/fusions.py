@@ -164,16 +164,20 @@ def _temporal_fusable(m: nn.Module) -> bool:
     return isinstance(norm, nn.GroupNorm) and norm.affine
 
 
-def _rewrites() -> list[tuple[type, Callable[[nn.Module], bool], str, Any]]:
-    """(module class, applies to this instance?, attribute, replacement) of :func:`ort_fusions`."""
+def _rewrites() -> list[tuple[type, Callable[[nn.Module], bool], str, Callable[[nn.Module], Any]]]:
+    """(module class, applies to this instance?, attribute, its new value for the instance) of
+    :func:`ort_fusions`."""
     from diffusers.models.activations import GEGLU
     from diffusers.models.attention_processor import Attention
     from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
+    def method(fn: Callable) -> Callable[[nn.Module], Any]:
+        return lambda m: types.MethodType(fn, m)
+
     return [
-        (Attention, _fusable, "processor", FusedAttnProcessor),
-        (GEGLU, lambda m: True, "forward", _geglu_forward),
-        (TransformerTemporalModel, _temporal_fusable, "forward", _temporal_forward),
+        (Attention, _fusable, "processor", lambda m: FusedAttnProcessor()),
+        (GEGLU, lambda m: True, "forward", method(_geglu_forward)),
+        (TransformerTemporalModel, _temporal_fusable, "forward", method(_temporal_forward)),
     ]
 
 
@@ -186,22 +190,23 @@ def ort_fusions(module: nn.Module) -> Iterator[dict[str, int]]:
     dict
         How many modules of each class were rewritten.
     """
+    _missing = object()
     done: list[tuple[nn.Module, str, Any]] = []
     counts: dict[str, int] = {}
     try:
-        for cls, applies, attr, new in _rewrites():
+        for cls, applies, attr, value in _rewrites():
             for m in module.modules():
                 if isinstance(m, cls) and applies(m):
-                    # Keep what the instance had of its own (a processor); forward lives on the class.
-                    done.append((m, attr, m.__dict__.get(attr, getattr(m, attr))))
-                    value = new() if isinstance(new, type) else types.MethodType(new, m)
-                    setattr(m, attr, value)
+                    # The instance's own value (a processor) comes back; one set on it only (a
+                    # forward, which lives on the class) goes again.
+                    done.append((m, attr, m.__dict__.get(attr, _missing)))
+                    setattr(m, attr, value(m))
                     counts[cls.__name__] = counts.get(cls.__name__, 0) + 1
         yield counts
     finally:
         for m, attr, old in reversed(done):
-            if attr == "forward":
-                m.__dict__.pop("forward", None)
+            if old is _missing:
+                delattr(m, attr)
             else:
                 setattr(m, attr, old)
 
