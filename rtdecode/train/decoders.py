@@ -18,6 +18,7 @@ Loss weighting across sub-tasks
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -77,6 +78,12 @@ class DecodersConfig:
     batch: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
+    perceptual: float = field(
+        default=0.0,
+        metadata={"help": "weight of the blurry pixels' world-CLIP feature loss (0: pixels by MSE only)"},
+    )
+    perceptual_kind: Literal["cosine", "contrastive"] = "cosine"
+    ssim: float = field(default=0.0, metadata={"help": "weight of the blurry pixels' SSIM loss"})
     weighting: Literal["uniform", "progressive", "uncertainty"] = "progressive"
     heads: tuple[str, ...] = field(default=HEADS, metadata={"help": "sub-tasks (ablations drop some)"})
     warmup: int = field(default=10, metadata={"help": "TRs skipped at the start of every run"})
@@ -179,8 +186,88 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - ((2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
 
 
-def head_losses(model: BrainDecoder, out: dict, batch: dict) -> dict[str, torch.Tensor]:
-    """Loss of every head present in ``out``."""
+def _gaussian_smooth(x: torch.Tensor, sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
+    """Separable Gaussian blur of (N, 1, H, W) with reflected borders (scikit-image's SSIM window)."""
+    r = int(truncate * sigma + 0.5)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+def ssim_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """1 − the grayscale Gaussian SSIM (σ 1.5, as :func:`rtdecode.metrics.ssim_gray`) of (N, 3, H, W)."""
+    gray = torch.tensor([0.2125, 0.7154, 0.0721], dtype=pred.dtype).view(1, 3, 1, 1)
+    x, y = (pred * gray).sum(1, keepdim=True), (true * gray).sum(1, keepdim=True)
+    ux, uy = _gaussian_smooth(x), _gaussian_smooth(y)
+    vx, vy = _gaussian_smooth(x * x) - ux * ux, _gaussian_smooth(y * y) - uy * uy
+    vxy = _gaussian_smooth(x * y) - ux * uy
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    r = int(3.5 * 1.5 + 0.5)  # the window's border is cropped, as the metric does
+    return 1 - s[..., r:-r, r:-r].mean()
+
+
+class PixelLoss(torch.nn.Module):
+    """Terms on the blurry pixels beyond their MSE, compared at the stimulus' frame size.
+
+    MSE alone pulls the blurry video to the mean of what fits the brain. ``perceptual``
+    compares the pixels with the true blurry frames in the world-CLIP image space (as
+    MindEye's low-level module), so that they keep what tells scenes apart; ``ssim`` asks for
+    the true frames' local structure. The image tower is frozen and kept out of the module
+    tree (neither trained nor checkpointed). A few frames of the first clips are compared:
+    the tower costs more than the decoder itself.
+    """
+
+    def __init__(
+        self,
+        clip: torch.nn.Module | None,
+        perceptual: float = 0.0,
+        kind: str = "cosine",
+        ssim: float = 0.0,
+        frames: int = 2,
+        clips: int = 32,
+    ) -> None:
+        super().__init__()
+        if perceptual > 0 and clip is None:
+            raise ValueError("the perceptual term needs the world-CLIP model")
+        self._image = (clip.image.eval().requires_grad_(False),) if perceptual > 0 else ()
+        self.size = int(clip.config["frame_size"]) if clip is not None else 64
+        self.perceptual, self.kind, self.ssim = perceptual, kind, ssim
+        self.frames, self.clips = frames, clips
+
+    def _frames(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, F, 3, s, s) → k inner frames of the first clips, (B'·k, 3, size, size)."""
+        pick = torch.linspace(0, pixels.shape[1] - 1, self.frames + 2)[1:-1].round().long()
+        x = pixels[: self.clips, pick].flatten(0, 1)
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalised world-CLIP embeddings of frames in [0, 1]."""
+        return F.normalize(self._image[0]((frames - 0.5) / 0.25), dim=-1)
+
+    def forward(self, pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        p, t = self._frames(pred), self._frames(true)
+        total = torch.zeros(())
+        if self.ssim > 0:
+            total = total + self.ssim * ssim_loss(p, t)
+        if self.perceptual > 0:
+            ep = self.embed(p)
+            with torch.no_grad():
+                et = self.embed(t)
+            feature = (
+                (1 - (ep * et).sum(-1)).mean()
+                if self.kind == "cosine"
+                else _soft_clip_loss(ep, et, torch.tensor(math.log(20.0)))
+            )
+            total = total + self.perceptual * feature
+        return total
+
+
+def head_losses(
+    model: BrainDecoder, out: dict, batch: dict, pixel_loss: PixelLoss | None = None
+) -> dict[str, torch.Tensor]:
+    """Loss of every head present in ``out`` (``pixel_loss``: terms on the pixels beyond MSE)."""
     losses = {}
     if "semantic" in out:
         s = model.logit_scale
@@ -210,6 +297,8 @@ def head_losses(model: BrainDecoder, out: dict, batch: dict) -> dict[str, torch.
             pred, true = out["pixels"], batch["pixels"]
             pix = F.mse_loss(pred, true) + F.mse_loss(pred.diff(dim=1), true.diff(dim=1))
             losses["blurry"] = losses["blurry"] + PIXEL_WEIGHT * pix
+            if pixel_loss is not None:
+                losses["blurry"] = losses["blurry"] + pixel_loss(pred, true)
     if "motion" in out:
         losses["motion"] = F.mse_loss(out["motion"], batch["motion"])
     return losses
@@ -220,10 +309,11 @@ def decoder_loss(
     batch: dict,
     weights: dict[str, float],
     log_vars: torch.nn.ParameterDict | None = None,
+    pixel_loss: PixelLoss | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the head losses (or uncertainty-weighted when ``log_vars`` is given)."""
     out = model(batch["x"], batch.get("tokens"))
-    losses = head_losses(model, out, batch)
+    losses = head_losses(model, out, batch, pixel_loss if weights.get("blurry", 0) > 0 else None)
     total = torch.zeros(())
     for name, value in losses.items():
         if log_vars is not None:
@@ -366,10 +456,14 @@ class TrainModule(torch.nn.Module):
     """The decoder plus, for ``uncertainty`` weighting, one learned log-variance per head; its
     forward returns the weighted loss of a batch (so DDP sees one module call)."""
 
-    def __init__(self, decoder: BrainDecoder, cfg: DecodersConfig) -> None:
+    def __init__(
+        self, decoder: BrainDecoder, cfg: DecodersConfig, clip: torch.nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.decoder = decoder
         self.cfg = cfg
+        extra = cfg.perceptual > 0 or cfg.ssim > 0
+        self.pixel_loss = PixelLoss(clip, cfg.perceptual, cfg.perceptual_kind, cfg.ssim) if extra else None
         self.log_vars = (
             torch.nn.ParameterDict({h: torch.nn.Parameter(torch.zeros(())) for h in cfg.heads})
             if cfg.weighting == "uncertainty"
@@ -378,7 +472,7 @@ class TrainModule(torch.nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         weights = head_weights(self.cfg, int(batch["step"]))
-        return decoder_loss(self.decoder, batch, weights, self.log_vars)
+        return decoder_loss(self.decoder, batch, weights, self.log_vars, self.pixel_loss)
 
 
 @dataclass
@@ -463,7 +557,12 @@ def train_decoder(
     model = make_model(cfg, len(select), tokenizer, embed_dim)
     if model.cfg.pixel_size:  # the pixel head's targets, at its size
         targets = replace(targets, pixels=pixel_targets(cfg.dataset, model.cfg.pixel_size, progress))
-    module = TrainModule(model, cfg)
+    clip = None
+    if cfg.perceptual > 0:
+        from rtdecode.train.encoders import read_encoders
+
+        clip = read_encoders(cfg.encoders)["clip"]
+    module = TrainModule(model, cfg, clip)
 
     def make_batch(step: int, rng: np.random.Generator) -> dict:
         pick = train_samples[rng.integers(0, len(train_samples), cfg.batch)]
@@ -550,6 +649,7 @@ def save_decoder_bundle(
             "dataset_preset": dcfg.preset,
             "steps": cfg.steps,
             "weighting": cfg.weighting,
+            "pixel_terms": {"perceptual": [cfg.perceptual, cfg.perceptual_kind], "ssim": cfg.ssim},
             "n_voxels": len(run.select),
             "seed": cfg.seed,
         },

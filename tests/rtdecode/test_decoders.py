@@ -3,14 +3,19 @@
 import numpy as np
 import torch
 
+from rtdecode.metrics import ssim_gray
 from rtdecode.models.decoders import HEADS, BrainDecoder, DecoderConfig
 from rtdecode.models.text import WordTokenizer
+from rtdecode.models.worldclip import WorldCLIP
 from rtdecode.train.decoders import (
     DecodersConfig,
+    PixelLoss,
+    TrainModule,
     caption_scores,
     decoder_loss,
     head_weights,
     mask_iou,
+    ssim_loss,
 )
 
 SMALL = DecoderConfig(
@@ -103,6 +108,44 @@ def test_blurry_loss_counts_the_pixels():
     b["pixels"] = model(b["x"])["pixels"].detach()  # perfect pixels: only the latents' error is left
     _, perfect = decoder_loss(model, b, weights)
     assert perfect["blurry"] < parts["blurry"]
+
+
+def _tiny_clip() -> WorldCLIP:
+    torch.manual_seed(0)
+    image = {"patch": 2, "channels": [8, 16], "blocks": [1, 1], "groups": 4}
+    text = {"words": ["a"], "max_words": 4, "width": 16}
+    return WorldCLIP({"frame_size": 16, "embed_dim": 16, "image": image, "text": text})
+
+
+def test_pixel_loss_terms_tell_clips_apart_and_train_only_the_decoder():
+    clip = _tiny_clip()
+    true = torch.rand(16, 4, 3, 2, 2)
+    feature = {"perceptual": 1.0}
+    variants = ({**feature, "kind": "contrastive"}, {**feature, "kind": "cosine"}, {"ssim": 1.0})
+    for terms in variants:
+        loss = PixelLoss(clip, **terms, frames=2, clips=16)
+        pred = true.clone().requires_grad_(True)
+        matched, shuffled = loss(pred, true), loss(true[torch.randperm(16)], true)
+        assert matched < shuffled, terms
+        matched.backward()
+        assert pred.grad is not None and all(p.grad is None for p in clip.image.parameters())
+    cfg = DecodersConfig(perceptual=0.1, ssim=1.0, heads=("blurry",))
+    module = TrainModule(BrainDecoder(DecoderConfig(**{**SMALL.__dict__, "heads": ("blurry",)})), cfg, clip)
+    assert all(k.startswith("decoder.") for k in module.state_dict())  # the frozen tower is not saved
+    b = _batch(8, np.random.default_rng(0))
+    module.decoder.eval()  # no dropout: the two losses see the same outputs
+    without, _ = decoder_loss(module.decoder, b, {"blurry": 1.0})
+    with_terms, _ = decoder_loss(module.decoder, b, {"blurry": 1.0}, pixel_loss=module.pixel_loss)
+    assert with_terms > without
+
+
+def test_ssim_loss_is_the_metric():
+    rng = np.random.default_rng(0)
+    a = rng.random((4, 32, 32, 3)).astype(np.float32)
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    as_torch = [torch.from_numpy(x).permute(0, 3, 1, 2) for x in (a, b)]
+    assert abs((1 - float(ssim_loss(*as_torch))) - ssim_gray(a, b).mean()) < 1e-5
+    assert float(ssim_loss(as_torch[0], as_torch[0])) < 1e-6
 
 
 def test_progressive_weighting_ramps_heads_in():

@@ -1,0 +1,99 @@
+"""Which loss for the decoder's blurry pixels? Measured on held-out training data, against ridge.
+
+Trains one validation decoder per variant (training runs minus the last training segment, same
+steps and seed; each variant overrides ``DecodersConfig`` fields, e.g. ``perceptual=2`` or
+``ssim=1``) and fits the ridge baseline on the same runs; scores the pixel output of each and
+ridge's reconstruction on the held-out segment (repeats averaged) with the evaluation table's
+metrics. The test set is not touched. Checkpoints are resumable (``--checkpoints``); results go
+to ``benchmarks/results/decoder_pixels.json`` (rows merge with the file's earlier ones).
+
+    .venv/bin/python benchmarks/decoder_pixels.py --subject sub-01 --variants mse= feature=perceptual=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.metrics.table import evaluate_clips
+from rtdecode.models.text import WordTokenizer
+from rtdecode.render import resize_clip
+from rtdecode.train.decoders import DecoderData, DecodersConfig, _splits, prepare, train_decoder
+from rtdecode.train.evaluate import _ground_truth, _ridge_recon, load_stimulus_models, scorers
+from rtdecode.train.targets import compute_targets
+from scanner_sim import stimuli
+from scanner_sim.dataset import Dataset
+
+COLUMNS = ("video_2way", "video_50way", "frame_2way", "frame_50way", "ssim_gray")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``name=field=value,field=value`` (or ``name=`` for the defaults) → name and overrides."""
+    name, _, spec = text.partition("=")
+    types = {f.name: f.type for f in fields(DecodersConfig)}
+    overrides = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise SystemExit(f"unknown DecodersConfig field {key!r} in variant {text!r}")
+        overrides[key] = float(value) if types[key] in ("float", float) else value
+    return name, overrides
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", type=Path, default=Path("data/cc2017"))
+    ap.add_argument("--subject", default="sub-01")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--encoders", type=Path, default=Path("engines/default"))
+    ap.add_argument("--checkpoints", type=Path, default=Path("/tmp/evalck"), help="decoder checkpoints root")
+    ap.add_argument("--variants", nargs="+", default=["mse="], help="name=field=value,...")
+    ap.add_argument("--no-ridge", action="store_true", help="skip the ridge row")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decoder_pixels.json")
+    args = ap.parse_args()
+    models, digest = load_stimulus_models(args.encoders)
+    tokenizer = WordTokenizer(stimuli.caption_vocabulary())
+    targets = compute_targets(args.dataset, models, digest, tokenizer, 24, False)
+    base = DecodersConfig(dataset=args.dataset, subject=args.subject, steps=args.steps)
+    base = replace(base, encoders=args.encoders, out=args.checkpoints)
+    prep, select = prepare(base, False)
+    frame_cls, video_cls, embed = scorers(models)
+    results = json.loads(args.out.read_text())["results"] if args.out.exists() else {}
+    with Dataset(args.dataset) as ds:  # open throughout: ridge reads the stimulus frames
+        data = DecoderData(prep, ds.runs, ds.config.segment_trs, select, base.lags, base.warmup)
+        fit, val, _ = _splits(ds.runs)
+        x_val, index = data.averaged(val)
+        truth = _ground_truth(ds, index).astype(np.float32) / 255
+        size = ds.config.stimulus.size
+        recon = {} if args.no_ridge else {"ridge": lambda: _ridge_recon(data, ds, data.samples(fit), x_val)}
+        for text in args.variants:
+            name, overrides = parse_variant(text)
+
+            def decode(name=name, overrides=overrides):
+                cfg = replace(base, **overrides)
+                # its own checkpoints: neither the subject's real decoder nor another variant's
+                dim = targets.image_emb.shape[1]
+                run = train_decoder(cfg, targets, tokenizer, dim, prep, select, True, True, f"-val-{name}")
+                pixels = run.test_outputs["pixels"]
+                return np.stack([np.clip(resize_clip(p, len(p), size), 0, 1) for p in pixels])
+
+            recon[f"decoder {name} {json.dumps(overrides)}"] = decode
+        for name, make in recon.items():
+            t0 = time.time()
+            row = evaluate_clips(make().astype(np.float32), truth, frame_cls, video_cls, embed, rng=0)
+            results[f"{args.subject} {name}"] = {k: row[k] for k in COLUMNS} | {"seconds": time.time() - t0}
+            print(f"{args.subject} {name}: " + " ".join(f"{k} {row[k]:.3f}" for k in COLUMNS), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"steps": args.steps, "held_out_trs": len(index), "command": " ".join(sys.argv)}
+    args.out.write_text(json.dumps({**meta, "results": results}, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
