@@ -64,7 +64,7 @@ def main() -> int:
     base = replace(base, encoders=args.encoders, out=args.checkpoints)
     prep, select = prepare(base, False)
     frame_cls, video_cls, embed = scorers(models)
-    results = json.loads(args.out.read_text())["results"] if args.out.exists() else {}
+    results = {}
     with Dataset(args.dataset) as ds:  # open throughout: ridge reads the stimulus frames
         data = DecoderData(prep, ds.runs, ds.config.segment_trs, select, base.lags, base.warmup)
         fit, val, _ = _splits(ds.runs)
@@ -90,8 +90,12 @@ def main() -> int:
             results[f"{args.subject} {name}"] = {k: row[k] for k in COLUMNS} | {"seconds": time.time() - t0}
             print(f"{args.subject} {name}: " + " ".join(f"{k} {row[k]:.3f}" for k in COLUMNS), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"steps": args.steps, "held_out_trs": len(index), "command": " ".join(sys.argv)}
-    args.out.write_text(json.dumps({**meta, "results": results}, indent=1, default=float))
+    # Read just before writing: runs for other subjects may have finished meanwhile.
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {"results": {}, "commands": []}
+    doc["results"].update(results)
+    doc["commands"] = [*doc.get("commands", []), " ".join(sys.argv)]
+    doc.update(steps=args.steps, held_out_trs=len(index))
+    args.out.write_text(json.dumps(doc, indent=1, default=float))
     return 0
 
 
