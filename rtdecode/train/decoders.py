@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+# The metric's own SSIM map and constants, applied to tensors.
+from rtdecode.metrics.image import GRAY_WEIGHTS, _ssim_map
 from rtdecode.models.decoders import HEADS, BrainDecoder, DecoderConfig, pixel_frames
 from rtdecode.models.text import WordTokenizer
 from rtdecode.preprocess import PreprocessConfig
@@ -197,15 +199,11 @@ def _gaussian_smooth(x: torch.Tensor, sigma: float = 1.5, truncate: float = 3.5)
 
 def ssim_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """1 − the grayscale Gaussian SSIM (σ 1.5, as :func:`rtdecode.metrics.ssim_gray`) of (N, 3, H, W)."""
-    gray = torch.tensor([0.2125, 0.7154, 0.0721], dtype=pred.dtype).view(1, 3, 1, 1)
+    gray = torch.as_tensor(GRAY_WEIGHTS, dtype=pred.dtype).view(1, 3, 1, 1)
     x, y = (pred * gray).sum(1, keepdim=True), (true * gray).sum(1, keepdim=True)
-    ux, uy = _gaussian_smooth(x), _gaussian_smooth(y)
-    vx, vy = _gaussian_smooth(x * x) - ux * ux, _gaussian_smooth(y * y) - uy * uy
-    vxy = _gaussian_smooth(x * y) - ux * uy
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     r = int(3.5 * 1.5 + 0.5)  # the window's border is cropped, as the metric does
-    return 1 - s[..., r:-r, r:-r].mean()
+    crop = (slice(None), slice(None), slice(r, -r), slice(r, -r))
+    return 1 - _ssim_map(x, y, _gaussian_smooth, 1.0, crop).mean()
 
 
 class PixelLoss(torch.nn.Module):
