@@ -4,6 +4,7 @@ Clips are ``(N, F, H, W, 3)`` and frames ``(N, H, W, 3)`` RGB arrays, ``uint8`` 
 in ``[0, 1]``. Each function's docstring names the published definition it follows.
 """
 
+from rtdecode.metrics.compare import paired_bootstrap
 from rtdecode.metrics.image import hue_similarity, psnr, ssim_gray, ssim_rgb
 from rtdecode.metrics.motion import (
     FARNEBACK_PARAMS,
@@ -30,6 +31,7 @@ __all__ = [
     "hue_similarity",
     "n_way_accuracy",
     "optical_flow",
+    "paired_bootstrap",
     "psnr",
     "shuffle_test",
     "ssim_gray",

@@ -15,7 +15,7 @@ from rtdecode.metrics.image import hue_similarity, psnr, ssim_gray, ssim_rgb, to
 from rtdecode.metrics.motion import epe
 from rtdecode.metrics.semantic import clip_pcc, clip_similarity, n_way_accuracy
 
-__all__ = ["COLUMNS", "evaluate_clips", "format_table", "write_table"]
+__all__ = ["COLUMNS", "column_info", "evaluate_clips", "format_table", "write_table"]
 
 FrameFn = Callable[[np.ndarray], np.ndarray]
 """``frames (M, H, W, 3) float32 in [0, 1] -> (M, C) class probabilities or (M, D) embeddings``."""
@@ -41,7 +41,8 @@ COLUMNS: dict[str, tuple[str, bool, str]] = {
 _WAY = re.compile(r"^(video|frame)_(\d+)way$")
 
 
-def _column_info(key: str) -> tuple[str, bool | None, str]:
+def column_info(key: str) -> tuple[str, bool | None, str]:
+    """Header label, direction (True: higher is better; None: unknown) and number format of a column."""
     if key in COLUMNS:
         return COLUMNS[key]
     m = _WAY.match(key)
@@ -71,6 +72,7 @@ def evaluate_clips(
     exact: bool = False,
     batch_size: int | None = 256,
     psnr_max_db: float | None = 100.0,
+    per_clip: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Every column of the evaluation table for one set of reconstructions.
 
@@ -114,6 +116,10 @@ def evaluate_clips(
         ``classifier_video``); ``None`` for a single call.
     psnr_max_db : float or None
         Cap of the PSNR of identical frames (``None``: ``inf``).
+    per_clip : dict, optional
+        Filled with each clip's score (N,) of every column that is a mean over clips (all but
+        the CLIP-pcc columns), for paired comparisons of methods
+        (:func:`~rtdecode.metrics.paired_bootstrap`).
 
     Returns
     -------
@@ -128,12 +134,12 @@ def evaluate_clips(
     n, f, h, w, _ = pred.shape
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     pred_frames, true_frames = pred.reshape(n * f, h, w, 3), true.reshape(n * f, h, w, 3)
-    out: dict[str, float] = {}
+    clips: dict[str, np.ndarray] = {}
 
     def n_way(prefix: str, pp: np.ndarray, pt: np.ndarray) -> None:
         for nw in ways:
             res = n_way_accuracy(pp, pt, nw, trials=trials, top=top, rng=gen, exact=exact)
-            out[f"{prefix}_{nw}way"] = res.mean
+            clips[f"{prefix}_{nw}way"] = res.per_sample.reshape(n, -1).mean(1)
 
     if classifier_video is not None:
         bs = None if batch_size is None else max(1, batch_size // f)
@@ -147,16 +153,22 @@ def evaluate_clips(
     if embed is not None:
         e_pred = _batched(embed, pred_frames, batch_size)
         e_true = _batched(embed, true_frames, batch_size)
-        out["clip_sim"] = float(clip_similarity(e_pred, e_true).mean())
-    out["ssim_gray"] = float(ssim_gray(pred_frames, true_frames).mean())
-    out["ssim_rgb"] = float(ssim_rgb(pred_frames, true_frames).mean())
-    out["psnr"] = float(psnr(pred_frames, true_frames, max_db=psnr_max_db).mean())
-    out["hue"] = float(hue_similarity(pred_frames, true_frames).mean())
+        clips["clip_sim"] = clip_similarity(e_pred, e_true)
+    clips["ssim_gray"] = ssim_gray(pred_frames, true_frames)
+    clips["ssim_rgb"] = ssim_rgb(pred_frames, true_frames)
+    clips["psnr"] = psnr(pred_frames, true_frames, max_db=psnr_max_db)
+    clips["hue"] = hue_similarity(pred_frames, true_frames)
+    # Every clip has F frames, so the mean of per-clip means is the mean over all frames.
+    clips = {k: np.asarray(v, np.float64).reshape(n, -1).mean(1) for k, v in clips.items()}
+    out = {k: float(v.mean()) for k, v in clips.items()}
     if embed is not None:
         pcc = clip_pcc(e_pred.reshape(n, f, -1))
         out["clip_pcc_adjacent"] = pcc["adjacent"]
         out["clip_pcc_all_pairs"] = pcc["all_pairs"]
-    out["epe"] = float(epe(pred, true).mean())
+    clips["epe"] = np.asarray(epe(pred, true), np.float64)
+    out["epe"] = float(clips["epe"].mean())
+    if per_clip is not None:
+        per_clip.update(clips)
     order = list(COLUMNS)
     return dict(sorted(out.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
@@ -209,7 +221,7 @@ def format_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]
     header = ["Method"]
     best: dict[str, str | None] = {}
     for c in cols:
-        label, higher, spec = _column_info(c)
+        label, higher, spec = column_info(c)
         header.append(label + ("" if higher is None else (" ↑" if higher else " ↓")))
         vals = [float(r[c]) for r in rows.values() if r.get(c) is not None and not math.isnan(float(r[c]))]
         if higher is None or len(vals) < 2:
@@ -223,7 +235,7 @@ def format_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]
     for name, r in rows.items():
         cells = [str(name)]
         for c in cols:
-            s = _fmt(r.get(c), _column_info(c)[2])
+            s = _fmt(r.get(c), column_info(c)[2])
             cells.append(f"**{s}**" if best[c] is not None and s == best[c] else s)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -285,7 +297,7 @@ def write_table(
     doc = {
         "meta": _json_safe(dict(meta or {})),
         "columns": [
-            {"key": c, "label": _column_info(c)[0], "higher_is_better": _column_info(c)[1]} for c in cols
+            {"key": c, "label": column_info(c)[0], "higher_is_better": column_info(c)[1]} for c in cols
         ],
         "rows": _json_safe({str(k): dict(v) for k, v in rows.items()}),
     }

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from rtdecode.config import config_to_dict
-from rtdecode.metrics import evaluate_clips, write_table
+from rtdecode.metrics import COLUMNS, evaluate_clips, paired_bootstrap, write_table
+from rtdecode.metrics.table import column_info
 from rtdecode.models.text import WordTokenizer
 from rtdecode.render import resize_clip
 from rtdecode.train.data import frame_targets, noiseless_subject
@@ -255,18 +256,65 @@ def _compiled_student(engine: str, tensors: dict, spec: dict, models: dict, bund
     return compile_render_stage(student, "onnxruntime", key_parts=key, precision=precision)
 
 
+BASELINES = ("ridge", "retrieval")
+
+
+def compare_to_baselines(per_clip: dict[str, dict], groups: np.ndarray) -> dict:
+    """Every non-baseline method minus each baseline, column by column, on the same clips:
+    the mean difference, its block-bootstrap 95 % interval and p-value
+    (:func:`~rtdecode.metrics.paired_bootstrap`; ``groups``: each clip's block of TRs)."""
+    out: dict = {}
+    for method, scores in per_clip.items():
+        for base in (b for b in BASELINES if b in per_clip and b != method):
+            ref = per_clip[base]
+            out.setdefault(method, {})[base] = {
+                k: paired_bootstrap(v, ref[k], groups) for k, v in scores.items() if k in ref
+            }
+    return out
+
+
+def format_comparisons(subtasks: dict) -> str:
+    """Markdown of every subject's comparisons: difference [95 % interval] per column, with
+    the columns where the method is significantly better (interval beyond 0 in the column's
+    good direction) in bold."""
+    cols = [c for c in COLUMNS if not c.startswith("clip_pcc")]
+    lines = [
+        "Method minus baseline on the same test clips: mean difference [95 % block-bootstrap interval];",
+        "**bold**: better at p < 0.05, plain: no significant difference or worse.",
+        "",
+        "| subject | method − baseline | " + " | ".join(column_info(c)[0] for c in cols) + " |",
+        "| :--- | :--- |" + " ---: |" * len(cols),
+    ]
+    for subject, info in subtasks.items():
+        for method, bases in info.get("comparisons", {}).items():
+            for base, cmp in bases.items():
+                cells = []
+                for c in cols:
+                    if c not in cmp:
+                        cells.append("–")
+                        continue
+                    d = cmp[c]
+                    better = (d["lo"] > 0) if column_info(c)[1] else (d["hi"] < 0)
+                    cell = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+                    cells.append(f"**{cell}**" if better else cell)
+                lines.append(f"| {subject} | {method} − {base} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _method(row: str) -> str:
     return row.rsplit(" (", 1)[0]
 
 
 def merge_results(dirs: tuple[Path, ...], out: Path) -> dict:
     """Combine the tables of several ``rtdecode evaluate`` runs (e.g. one per subject, run in
-    parallel) into one, with a per-method mean over subjects (``… (mean)``) first."""
+    parallel) into one, with a per-method mean over subjects (``… (mean)``) first. Later runs
+    override earlier rows of the same name and a subject's sub-task entries of the same key."""
     rows: dict[str, dict[str, float]] = {}
     subtasks: dict[str, dict] = {}
     for d in dirs:
         rows.update(json.loads((Path(d) / "table.json").read_text())["rows"])
-        subtasks.update(json.loads((Path(d) / "subtasks.json").read_text()))
+        for key, info in json.loads((Path(d) / "subtasks.json").read_text()).items():
+            subtasks.setdefault(key, {}).update(info)  # a later run adds to a subject's entries
     means: dict[str, dict[str, float]] = {}
     for method in dict.fromkeys(_method(r) for r in rows):
         group = [v for r, v in rows.items() if _method(r) == method]
@@ -276,6 +324,7 @@ def merge_results(dirs: tuple[Path, ...], out: Path) -> dict:
     meta = {"command": "rtdecode evaluate (per subject) + --merge", "merged": [str(d) for d in dirs]}
     write_table(Path(out) / "table.md", merged, meta)
     (Path(out) / "subtasks.json").write_text(json.dumps(subtasks, indent=1, default=float))
+    (Path(out) / "comparisons.md").write_text(format_comparisons(subtasks))
     return {"rows": merged, "subtasks": subtasks}
 
 
@@ -326,11 +375,16 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             if "rtdecode" in cfg.methods:
                 fusion = _fusion(run, data, fit_runs + val_runs, ds, tokenizer, test_index, same_true, keep)
                 subtasks[subject]["fusion"] = fusion
+        per_clip: dict[str, dict] = {}
         for method, pred in recon.items():
+            per_clip[method] = {}
             rows[f"{method} ({subject})"] = evaluate_clips(
-                pred.astype(np.float32), truth, frame_cls, video_cls, embed, rng=0
+                pred.astype(np.float32), truth, frame_cls, video_cls, embed, rng=0, per_clip=per_clip[method]
             )
             log.info("%s %s: %s", subject, method, rows[f"{method} ({subject})"])
+        if any(b in per_clip for b in BASELINES):
+            groups = np.arange(len(keep)) // cfg.block
+            subtasks[subject]["comparisons"] = compare_to_baselines(per_clip, groups)
         if "rtdecode" in cfg.methods:
             render_rows, curve = _render_rows(
                 cfg,
@@ -352,4 +406,5 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     meta = {"config": config_to_dict(cfg), "subtasks": subtasks, "command": "rtdecode evaluate"}
     write_table(Path(cfg.out) / "table.md", rows, meta)
     (Path(cfg.out) / "subtasks.json").write_text(json.dumps(subtasks, indent=1, default=float))
+    (Path(cfg.out) / "comparisons.md").write_text(format_comparisons(subtasks))
     return {"rows": rows, "subtasks": subtasks}

@@ -66,3 +66,7 @@ def test_evaluate_writes_every_row(tiny_dataset, tmp_path):
     # Measured compute: 16 denoiser calls cost more than 2, and a clip costs something.
     assert curve["teacher 16 steps"]["gflop_per_clip"] > curve["student 2 steps"]["gflop_per_clip"] > 0
     assert (tmp_path / "table" / "table.md").exists()
+    # Paired comparisons with the baselines on the same clips (blocks of 4 TRs: 2 groups).
+    cmp = res["subtasks"]["sub-01"]["comparisons"]["decoders (blurry video)"]["ridge"]["frame_2way"]
+    assert cmp["groups"] == 2 and cmp["lo"] <= cmp["diff"] <= cmp["hi"]
+    assert "decoders (blurry video) − retrieval" in (tmp_path / "table" / "comparisons.md").read_text()

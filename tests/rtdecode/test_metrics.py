@@ -22,6 +22,7 @@ from rtdecode.metrics import (
     format_table,
     hue_similarity,
     n_way_accuracy,
+    paired_bootstrap,
     psnr,
     shuffle_test,
     ssim_gray,
@@ -311,6 +312,11 @@ def test_evaluate_clips_every_column():
     assert perfect["epe"] == 0.0 and perfect["hue"] == pytest.approx(1.0)
     assert perfect["clip_sim"] == pytest.approx(1.0)
     assert perfect["ssim_rgb"] > out["ssim_rgb"]
+    clips: dict = {}
+    assert evaluate_clips(pred, true, *models, rng=0, batch_size=7, per_clip=clips) == out
+    assert set(clips) == set(out) - {"clip_pcc_adjacent", "clip_pcc_all_pairs"}
+    for key, values in clips.items():  # one score per clip, averaging to the column
+        assert values.shape == (5,) and values.mean() == pytest.approx(out[key])
     # without models only the pixel and motion columns remain
     assert set(evaluate_clips(pred, true, None, None, None)) == {
         "ssim_gray",
@@ -341,3 +347,21 @@ def test_format_table_bolds_best(tmp_path):
     assert json_path.name == "table.json" and doc["meta"]["seed"] == 0
     assert doc["rows"]["oracle"]["video_2way"] is None and doc["rows"]["ridge"]["epe"] == 2.5
     assert [c["key"] for c in doc["columns"]] == ["video_2way", "ssim_gray", "epe"]
+
+
+def test_paired_bootstrap_finds_real_differences_only():
+    rng = np.random.default_rng(1)
+    b = rng.random(400)
+    better = paired_bootstrap(b + 0.05 + 0.05 * rng.standard_normal(400), b)
+    assert better["lo"] > 0 and better["p"] < 0.01 and better["diff"] == pytest.approx(0.05, abs=0.01)
+    same = paired_bootstrap(b + 0.05 * rng.standard_normal(400), b)
+    assert same["lo"] < 0 < same["hi"] and same["p"] > 0.05
+    # Errors shared within blocks of 20 clips: resampling blocks widens the interval.
+    shared = np.repeat(0.05 * rng.standard_normal(20), 20)
+    clip_wise = paired_bootstrap(b + shared, b)
+    block_wise = paired_bootstrap(b + shared, b, groups=np.arange(400) // 20)
+    assert block_wise["groups"] == 20 and clip_wise["groups"] == 400
+    assert block_wise["hi"] - block_wise["lo"] > 2 * (clip_wise["hi"] - clip_wise["lo"])
+    assert paired_bootstrap(b, b, rng=3) == paired_bootstrap(b, b, rng=3)
+    with pytest.raises(ValueError, match="equal"):
+        paired_bootstrap(b, b[:-1])
