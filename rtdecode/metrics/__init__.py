@@ -15,7 +15,7 @@ from rtdecode.metrics.motion import (
     shuffle_test,
 )
 from rtdecode.metrics.semantic import NWayResult, clip_pcc, clip_similarity, n_way_accuracy
-from rtdecode.metrics.table import COLUMNS, evaluate_clips, format_table, write_table
+from rtdecode.metrics.table import COLUMNS, column_info, evaluate_clips, format_table, write_table
 
 __all__ = [
     "COLUMNS",
@@ -24,6 +24,7 @@ __all__ = [
     "ShuffleResult",
     "clip_pcc",
     "clip_similarity",
+    "column_info",
     "epe",
     "epe_shuffle_test",
     "evaluate_clips",

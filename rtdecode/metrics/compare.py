@@ -56,8 +56,7 @@ def paired_bootstrap(
     n_groups = int(g.max()) + 1
     sums = np.bincount(g, weights=a - b, minlength=n_groups)
     counts = np.bincount(g, minlength=n_groups).astype(np.float64)
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    pick = gen.integers(0, n_groups, (n_boot, n_groups))
+    pick = np.random.default_rng(rng).integers(0, n_groups, (n_boot, n_groups))
     boot = sums[pick].sum(1) / counts[pick].sum(1)
     tail = (1 - level) / 2
     lo, hi = np.quantile(boot, [tail, 1 - tail])

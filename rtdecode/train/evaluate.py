@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from rtdecode.config import config_to_dict
-from rtdecode.metrics import COLUMNS, evaluate_clips, paired_bootstrap, write_table
-from rtdecode.metrics.table import column_info
+from rtdecode.metrics import COLUMNS, column_info, evaluate_clips, paired_bootstrap, write_table
 from rtdecode.models.text import WordTokenizer
 from rtdecode.render import resize_clip
 from rtdecode.train.data import frame_targets, noiseless_subject
