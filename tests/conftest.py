@@ -1,4 +1,10 @@
-"""Shared fixtures: unique LSL source ids, a tiny dataset, subprocess helpers."""
+"""Shared fixtures: unique LSL source ids, a tiny dataset, subprocess helpers.
+
+The suite runs in parallel (pytest-xdist, one process per core; many tests wait on real-time
+streams rather than compute). Session fixtures that cost tens of seconds are built once per
+run, not once per worker: the first worker builds into the run's shared temporary directory
+under a file lock and the others reuse the result.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,14 +26,28 @@ def source_id() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
+def _shared(tmp_path_factory, name: str, build) -> Path:
+    """``build(path)`` once per test run, shared by every xdist worker (or the one process)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, common to all workers
+    out = root / f"shared-{name}"
+    with FileLock(str(out) + ".lock"):
+        if not (out / ".complete").exists():
+            build(out)
+            (out / ".complete").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """The `tiny` preset, generated once per test session."""
+    """The `tiny` preset, generated once per test run."""
     from scanner_sim.dataset import generate, with_preset
 
-    out = tmp_path_factory.mktemp("tiny_dataset")
-    generate(with_preset("tiny"), out, progress=False)
-    return out
+    def build(out: Path) -> None:
+        generate(with_preset("tiny"), out, progress=False)
+
+    return _shared(tmp_path_factory, "tiny_dataset", build)
 
 
 def cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,8 +83,8 @@ def tiny_bundle(tiny_dataset, tmp_path_factory) -> Path:
     """A ridge bundle trained on the tiny dataset by the project's own training code."""
     from rtdecode.train.ridge import RidgeConfig, train_ridge
 
-    out = tmp_path_factory.mktemp("bundle") / "tiny"
-    train_ridge(
-        RidgeConfig(dataset=tiny_dataset, out=out, n_voxels=1500, warmup=5, n_components=64), progress=False
-    )
-    return out
+    def build(out: Path) -> None:
+        cfg = RidgeConfig(dataset=tiny_dataset, out=out / "tiny", n_voxels=1500, warmup=5, n_components=64)
+        train_ridge(cfg, progress=False)
+
+    return _shared(tmp_path_factory, "bundle", build) / "tiny"
