@@ -207,8 +207,11 @@ def _fusion(run, data, fit_runs, ds, tokenizer, test_index, same_true, keep) -> 
     return {**fusion, "test": fusion_roc(sim, same_true)}
 
 
-def _render_rows(cfg, run, models, targets, index, keep, truth, same_true, threshold, scorers, first):
-    """rtdecode (full) through the bundle's diffusion student, ablations, oracle, steps curve."""
+def _render_rows(
+    cfg, run, models, targets, index, keep, truth, same_true, threshold, scorers, first, per_clip
+):
+    """rtdecode (full) through the bundle's diffusion student, ablations, oracle, steps curve;
+    every row's per-clip scores go to ``per_clip``."""
     from safetensors.numpy import load_file
 
     from rtdecode.render.diffusion import diffusion_renderer
@@ -220,14 +223,17 @@ def _render_rows(cfg, run, models, targets, index, keep, truth, same_true, thres
     changes = {"rtdecode (full)": {}}
     if cfg.ablations:
         changes.update({f"rtdecode {k}": v for k, v in ABLATIONS.items()})
-    rows = score_rows(student, conds, truth, index, same_true, scorers, threshold, changes)
+    rows = score_rows(student, conds, truth, index, same_true, scorers, threshold, changes, per_clip)
     for engine in cfg.engines:
         compiled = _compiled_student(engine, tensors, spec, models, cfg.decoder.encoders)
         row = {f"rtdecode (full; {engine.replace('-', ' ')})": {}}
-        rows.update(score_rows(compiled, conds, truth, index, same_true, scorers, threshold, row))
+        rows.update(score_rows(compiled, conds, truth, index, same_true, scorers, threshold, row, per_clip))
     if cfg.ablations:
         oracle = oracle_conditions(targets, index)
-        rows.update(score_rows(student, oracle, truth, index, same_true, scorers, threshold, {"oracle": {}}))
+        oracle_row = {"oracle": {}}
+        rows.update(
+            score_rows(student, oracle, truth, index, same_true, scorers, threshold, oracle_row, per_clip)
+        )
     curve = {}
     if first and cfg.curve_clips:
         sel = slice(0, cfg.curve_clips)
@@ -256,15 +262,26 @@ def _compiled_student(engine: str, tensors: dict, spec: dict, models: dict, bund
 
 
 BASELINES = ("ridge", "retrieval")
+FULL = "rtdecode (full)"
 
 
-def compare_to_baselines(per_clip: dict[str, dict], groups: np.ndarray) -> dict:
-    """Every non-baseline method minus each baseline, column by column, on the same clips:
-    the mean difference, its block-bootstrap 95 % interval and p-value
+def references(method: str, methods: list[str]) -> list[str]:
+    """What a row is compared with: an ablation (``rtdecode − …``) with the full system (does
+    removing the part cost something?), every other non-baseline row with each baseline."""
+    if method in BASELINES:
+        return []
+    if method.startswith("rtdecode − "):
+        return [FULL] if FULL in methods else []
+    return [b for b in BASELINES if b in methods]
+
+
+def paired_comparisons(per_clip: dict[str, dict], groups: np.ndarray) -> dict:
+    """Each row minus its references (:func:`references`), column by column, on the same
+    clips: the mean difference, its block-bootstrap 95 % interval and p-value
     (:func:`~rtdecode.metrics.paired_bootstrap`; ``groups``: each clip's block of TRs)."""
     out: dict = {}
     for method, scores in per_clip.items():
-        for base in (b for b in BASELINES if b in per_clip and b != method):
+        for base in references(method, list(per_clip)):
             ref = per_clip[base]
             out.setdefault(method, {})[base] = {
                 k: paired_bootstrap(v, ref[k], groups) for k, v in scores.items() if k in ref
@@ -274,14 +291,16 @@ def compare_to_baselines(per_clip: dict[str, dict], groups: np.ndarray) -> dict:
 
 def format_comparisons(subtasks: dict) -> str:
     """Markdown of every subject's comparisons: difference [95 % interval] per column, with
-    the columns where the method is significantly better (interval beyond 0 in the column's
-    good direction) in bold."""
+    the columns where the row is significantly better than its reference (interval beyond 0
+    in the column's good direction) in bold; for an ablation minus the full system, a bold
+    cell means removing the part helped."""
     cols = [c for c in COLUMNS if not c.startswith("clip_pcc")]
     lines = [
-        "Method minus baseline on the same test clips: mean difference [95 % block-bootstrap interval];",
-        "**bold**: better at p < 0.05, plain: no significant difference or worse.",
+        "Row minus reference on the same test clips: mean difference [95 % block-bootstrap interval];",
+        "**bold**: better at p < 0.05, plain: no significant difference or worse. References: the",
+        "baselines, and for an ablation the full system (bold there: removing the part helped).",
         "",
-        "| subject | method − baseline | " + " | ".join(column_info(c)[0] for c in cols) + " |",
+        "| subject | row − reference | " + " | ".join(column_info(c)[0] for c in cols) + " |",
         "| :--- | :--- |" + " ---: |" * len(cols),
     ]
     for subject, info in subtasks.items():
@@ -381,9 +400,6 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
                 pred.astype(np.float32), truth, frame_cls, video_cls, embed, rng=0, per_clip=per_clip[method]
             )
             log.info("%s %s: %s", subject, method, rows[f"{method} ({subject})"])
-        if any(b in per_clip for b in BASELINES):
-            groups = np.arange(len(keep)) // cfg.block
-            subtasks[subject]["comparisons"] = compare_to_baselines(per_clip, groups)
         if "rtdecode" in cfg.methods:
             render_rows, curve = _render_rows(
                 cfg,
@@ -397,10 +413,14 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
                 fusion["threshold"],
                 (frame_cls, video_cls, embed),
                 first=subject == cfg.subjects[0],
+                per_clip=per_clip,
             )
             rows.update({f"{k} ({subject})": v for k, v in render_rows.items()})
             if curve:
                 subtasks["steps_curve"] = curve
+        groups = np.arange(len(keep)) // cfg.block
+        if comparisons := paired_comparisons(per_clip, groups):
+            subtasks[subject]["comparisons"] = comparisons
         log.info("%s done in %.0f s", subject, time.time() - t0)
     meta = {"config": config_to_dict(cfg), "subtasks": subtasks, "command": "rtdecode evaluate"}
     write_table(Path(cfg.out) / "table.md", rows, meta)

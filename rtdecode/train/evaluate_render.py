@@ -225,8 +225,10 @@ def score_rows(
     scorers: tuple,
     threshold: float,
     changes: dict[str, dict],
+    per_clip: dict[str, dict] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """One table row per entry of ``changes`` (``{}``: the full system)."""
+    """One table row per entry of ``changes`` (``{}``: the full system); with ``per_clip``,
+    each row's per-clip scores go to ``per_clip[name]`` (for the paired comparisons)."""
     frame_cls, video_cls, embed = scorers
     rows = {}
     for name, change in changes.items():
@@ -237,7 +239,10 @@ def score_rows(
             clips, same, ms = render_clips(renderer, ablate(conditions, change), fusion, threshold)
         finally:
             renderer.blurry_init = init
-        row = evaluate_clips(clips.astype(np.float32) / 255, truth, frame_cls, video_cls, embed, rng=0)
+        clip_scores = None if per_clip is None else per_clip.setdefault(name, {})
+        row = evaluate_clips(
+            clips.astype(np.float32) / 255, truth, frame_cls, video_cls, embed, rng=0, per_clip=clip_scores
+        )
         row.update(boundary_scores(clips, (truth * 255).astype(np.uint8), index, same_true, embed))
         row["ms_per_clip"] = ms
         cut = ~same_true[1:] & (np.diff(index) == 1)

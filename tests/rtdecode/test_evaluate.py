@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from rtdecode.train.decoders import DecodersConfig
-from rtdecode.train.evaluate import EvaluateConfig, evaluate
+from rtdecode.train.evaluate import EvaluateConfig, evaluate, references
 from rtdecode.train.evaluate_render import blocks, same_scene_truth
 from scanner_sim.dataset import Dataset
 
@@ -37,9 +37,9 @@ def test_evaluate_writes_every_row(tiny_dataset, tmp_path):
     cfg = EvaluateConfig(
         subjects=("sub-01",),
         out=tmp_path / "table",
-        clips=8,
-        block=4,
-        curve_clips=2,
+        clips=4,
+        block=2,
+        curve_clips=1,
         decoder=DecodersConfig(
             dataset=tiny_dataset, encoders=DEFAULT, out=tmp_path / "bundle", steps=40, n_voxels=400, warmup=5
         ),
@@ -66,7 +66,23 @@ def test_evaluate_writes_every_row(tiny_dataset, tmp_path):
     # Measured compute: 16 denoiser calls cost more than 2, and a clip costs something.
     assert curve["teacher 16 steps"]["gflop_per_clip"] > curve["student 2 steps"]["gflop_per_clip"] > 0
     assert (tmp_path / "table" / "table.md").exists()
-    # Paired comparisons with the baselines on the same clips (blocks of 4 TRs: 2 groups).
+    # Paired comparisons with the baselines on the same clips (blocks of 2 TRs: 2 groups).
     cmp = res["subtasks"]["sub-01"]["comparisons"]["decoders (blurry video)"]["ridge"]["frame_2way"]
     assert cmp["groups"] == 2 and cmp["lo"] <= cmp["diff"] <= cmp["hi"]
     assert "decoders (blurry video) − retrieval" in (tmp_path / "table" / "comparisons.md").read_text()
+    # The rendered rows too: the full system against the baselines, an ablation against the full system.
+    comparisons = res["subtasks"]["sub-01"]["comparisons"]
+    assert set(comparisons["rtdecode (full)"]) == {"ridge", "retrieval"}
+    assert set(comparisons["rtdecode − fusion"]) == {"rtdecode (full)"}
+    assert "ssim_gray" in comparisons["rtdecode − fusion"]["rtdecode (full)"]
+    assert "ridge" not in comparisons  # the baselines are references, not compared rows
+
+
+def test_references_pair_ablations_with_the_full_system():
+    methods = ["ridge", "retrieval", "decoders (blurry video)", "rtdecode (full)", "rtdecode − mask"]
+    methods.append("oracle")
+    assert references("decoders (blurry video)", methods) == ["ridge", "retrieval"]
+    assert references("rtdecode − mask", methods) == ["rtdecode (full)"]
+    assert references("rtdecode − mask", ["ridge", "rtdecode − mask"]) == []
+    assert references("oracle", methods) == ["ridge", "retrieval"]
+    assert references("retrieval", methods) == []
