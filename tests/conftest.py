@@ -9,6 +9,7 @@ under a file lock and the others reuse the result.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -34,6 +35,7 @@ def _shared(tmp_path_factory, name: str, build) -> Path:
     out = root / f"shared-{name}"
     with FileLock(str(out) + ".lock"):
         if not (out / ".complete").exists():
+            shutil.rmtree(out, ignore_errors=True)  # what a worker that failed half-way left
             build(out)
             (out / ".complete").touch()
     return out

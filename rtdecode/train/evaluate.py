@@ -85,6 +85,11 @@ class EvaluateConfig:
     decoder: DecodersConfig = field(default_factory=DecodersConfig)
 
 
+BASELINES = ("ridge", "retrieval")
+FULL = "rtdecode (full)"
+LINEAR_PATH = "decoders + ridge (blurry video, mean of the two)"
+
+
 def load_stimulus_models(directory: Path) -> tuple[dict, str]:
     """The encoders and evaluation models saved by ``rtdecode train encoders``, and their digest."""
     from rtdecode.train.encoders import encoders_digest, read_encoders
@@ -192,6 +197,15 @@ def _decoder_recon(run, models: dict, keep: np.ndarray, size: tuple[int, int]) -
     return out
 
 
+def _with_linear_path(recon: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The decoders' blurry pixels averaged with ridge's (equal weights, fixed beforehand, not
+    tuned on the test set): does a linear path beside the network add to either alone?"""
+    pix, lin = recon.get("decoders (blurry video)"), recon.get("ridge")
+    if pix is None or lin is None:
+        return {}
+    return {LINEAR_PATH: (pix + lin) / 2}
+
+
 def _ceiling_run(dcfg: DecodersConfig, targets: Targets, tokenizer, progress: bool):
     """The decoder trained and tested on the subject's noiseless BOLD (all visual voxels)."""
     clean = noiseless_subject(dcfg.dataset, dcfg.subject)
@@ -259,10 +273,6 @@ def _compiled_student(engine: str, tensors: dict, spec: dict, models: dict, bund
     precision = "int8" if engine.endswith("int8") else "fp32"
     key = {"bundle": bundle_digest(bundle)}
     return compile_render_stage(student, "onnxruntime", key_parts=key, precision=precision)
-
-
-BASELINES = ("ridge", "retrieval")
-FULL = "rtdecode (full)"
 
 
 def references(method: str, methods: list[str]) -> list[str]:
@@ -389,6 +399,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
                 recon["ridge"] = _ridge_recon(data, ds, fit_samples, x_test[keep])
             if "retrieval" in cfg.methods:
                 recon["retrieval"] = _retrieval_recon(data, ds, targets, fit_samples, x_test[keep])
+            recon.update(_with_linear_path(recon))
             same_true = same_scene_truth(ds, test_index[keep])
             if "rtdecode" in cfg.methods:
                 fusion = _fusion(run, data, fit_runs + val_runs, ds, tokenizer, test_index, same_true, keep)

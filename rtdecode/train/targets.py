@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def pixel_targets(root: str | Path, size: int, progress: bool = True) -> np.ndar
         path.parent.mkdir(exist_ok=True)
         if not path.exists():
             f, t = ds.config.frames_per_tr, ds.config.segment_trs
-            tmp = path.with_suffix(".partial")
+            # Per process: parallel lanes (one per subject) may all find the cache missing.
+            tmp = path.with_suffix(f".{os.getpid()}.partial")
             with h5py.File(tmp, "w") as out:
                 dset = out.create_dataset("pixels", (ds.config.n_segments * t, f, 3, size, size), np.float16)
                 segments = range(ds.config.n_segments)
@@ -133,7 +135,7 @@ def compute_targets(
                     range(ds.config.n_segments), desc="targets", unit="segment", disable=not progress
                 )
             ]
-            tmp = path.with_suffix(".partial")
+            tmp = path.with_suffix(f".{os.getpid()}.partial")  # per process, as in pixel_targets
             with h5py.File(tmp, "w") as f:
                 for name in parts[0]:
                     if name == "captions":

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from rtdecode.train.decoders import DecodersConfig
-from rtdecode.train.evaluate import EvaluateConfig, evaluate, references
+from rtdecode.train.evaluate import LINEAR_PATH, EvaluateConfig, _with_linear_path, evaluate, references
 from rtdecode.train.evaluate_render import blocks, same_scene_truth
 from scanner_sim.dataset import Dataset
 
@@ -52,6 +52,7 @@ def test_evaluate_writes_every_row(tiny_dataset, tmp_path):
         "decoders (blurry video)",
         "decoders (through the autoencoder)",
         "decoders, noiseless fMRI (blurry video; ceiling)",
+        LINEAR_PATH,
     )
     for name in (*names, "rtdecode (full)", "rtdecode − fusion", "oracle"):
         row = rows[f"{name} (sub-01)"]
@@ -86,3 +87,10 @@ def test_references_pair_ablations_with_the_full_system():
     assert references("rtdecode − mask", ["ridge", "rtdecode − mask"]) == []
     assert references("oracle", methods) == ["ridge", "retrieval"]
     assert references("retrieval", methods) == []
+
+
+def test_linear_path_is_the_mean_of_decoders_and_ridge():
+    pix, lin = np.zeros((2, 3, 4, 4, 3)), np.ones((2, 3, 4, 4, 3))
+    both = _with_linear_path({"decoders (blurry video)": pix, "ridge": lin})
+    assert set(both) == {LINEAR_PATH} and np.allclose(both[LINEAR_PATH], 0.5)
+    assert _with_linear_path({"ridge": lin}) == {}  # without the pixel head there is nothing to add
