@@ -83,6 +83,12 @@ def _segment_targets(ds: Dataset, segment: int, encoders: dict, tokenizer, max_w
     }
 
 
+def _partial(path: Path) -> Path:
+    """Where one process writes a cache file before renaming it into place: per process,
+    because parallel lanes (one per subject) may all find the cache missing at once."""
+    return path.with_suffix(f".{os.getpid()}.partial")
+
+
 def pixel_targets(root: str | Path, size: int, progress: bool = True) -> np.ndarray:
     """Every frame of every TR block-averaged to ``size``×``size``: (N, F, 3, size, size) float16.
 
@@ -96,8 +102,7 @@ def pixel_targets(root: str | Path, size: int, progress: bool = True) -> np.ndar
         path.parent.mkdir(exist_ok=True)
         if not path.exists():
             f, t = ds.config.frames_per_tr, ds.config.segment_trs
-            # Per process: parallel lanes (one per subject) may all find the cache missing.
-            tmp = path.with_suffix(f".{os.getpid()}.partial")
+            tmp = _partial(path)
             with h5py.File(tmp, "w") as out:
                 dset = out.create_dataset("pixels", (ds.config.n_segments * t, f, 3, size, size), np.float16)
                 segments = range(ds.config.n_segments)
@@ -135,7 +140,7 @@ def compute_targets(
                     range(ds.config.n_segments), desc="targets", unit="segment", disable=not progress
                 )
             ]
-            tmp = path.with_suffix(f".{os.getpid()}.partial")  # per process, as in pixel_targets
+            tmp = _partial(path)
             with h5py.File(tmp, "w") as f:
                 for name in parts[0]:
                     if name == "captions":
