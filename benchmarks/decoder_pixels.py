@@ -42,7 +42,12 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if key not in types:
             raise SystemExit(f"unknown DecodersConfig field {key!r} in variant {text!r}")
-        overrides[key] = float(value) if types[key] in ("float", float) else value
+        if types[key] in ("float", float):
+            overrides[key] = float(value)
+        elif types[key] in ("bool", bool):
+            overrides[key] = value.lower() in ("1", "true", "yes")
+        else:
+            overrides[key] = value
     return name, overrides
 
 

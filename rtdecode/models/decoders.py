@@ -1,7 +1,11 @@
 """The brain decoder: a window of preprocessed TRs → the NEURONS sub-tasks and NeuroClips branches.
 
-One shared backbone reads the selected voxels at each hemodynamic lag (lags are mixed per
-voxel first, so the network learns each voxel's timing) and feeds the heads:
+One shared backbone reads the selected voxels at each hemodynamic lag and feeds the heads.
+How the lags enter is ``lag_features``: ``"mixed"`` sums them per voxel with learned weights
+(each voxel's own timing; one value per voxel), ``"separate"`` weighs each voxel at each lag,
+projects every lag with the same stem and joins the projections, so what differs between the
+lags (what happened early and late in the TR) reaches the heads, as it reaches ridge
+regression, which sees every lag of every voxel. The heads:
 
 ``semantic``
     NeuroClips' semantic reconstructor: an embedding in the world-CLIP space, trained
@@ -62,6 +66,7 @@ class DecoderConfig:
     temporal_layers: int = 2
     motion_dim: int = 6
     pixel_size: int = 0  # blurry frames in pixels (side); 0: latents only (bundles before pixels)
+    lag_features: str = "mixed"  # "mixed" (bundles before "separate") or "separate"
     heads: tuple[str, ...] = field(default=HEADS)
 
 
@@ -157,8 +162,13 @@ class BrainDecoder(nn.Module):
         self.cfg = config
         self.config = asdict(config)
         n = config.n_voxels
-        # Each voxel weighs its lags (its own hemodynamic timing), starting from an even mix.
-        self.lag_mix = nn.Parameter(torch.full((config.n_lags, n), 1.0 / config.n_lags))
+        if config.lag_features not in ("mixed", "separate"):
+            raise ValueError(f"lag_features: 'mixed' or 'separate', got {config.lag_features!r}")
+        self.separate = config.lag_features == "separate"
+        # Each voxel weighs its lags (its own hemodynamic timing): mixed, from an even mix;
+        # separate, from unit gains.
+        gain = 1.0 if self.separate else 1.0 / config.n_lags
+        self.lag_mix = nn.Parameter(torch.full((config.n_lags, n), gain))
         self.stem = nn.Sequential(
             nn.Dropout(0.1),
             nn.Linear(n, config.hidden),
@@ -166,6 +176,7 @@ class BrainDecoder(nn.Module):
             nn.GELU(),
             nn.Dropout(config.dropout),
         )
+        self.join = nn.Linear(config.n_lags * config.hidden, config.hidden) if self.separate else None
         self.blocks = nn.Sequential(*[_Block(config.hidden, config.dropout) for _ in range(config.depth)])
         hd = config.hidden
         heads = set(config.heads)
@@ -189,8 +200,10 @@ class BrainDecoder(nn.Module):
 
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
         """Shared features (B, hidden) of a window (B, n_lags, n_voxels)."""
-        mixed = (x * self.lag_mix.unsqueeze(0)).sum(1)
-        return self.blocks(self.stem(mixed))
+        weighted = x * self.lag_mix.unsqueeze(0)
+        if self.join is None:
+            return self.blocks(self.stem(weighted.sum(1)))
+        return self.blocks(self.join(self.stem(weighted).flatten(1)))
 
     def forward(self, x: torch.Tensor, caption_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """All heads' outputs; ``caption`` logits only when teacher tokens are given."""

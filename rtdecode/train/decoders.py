@@ -73,6 +73,9 @@ class DecodersConfig:
     lags: tuple[int, ...] = field(default=(2, 3), metadata={"help": "hemodynamic lags in TRs"})
     n_voxels: int = field(default=4000, metadata={"help": "most reliable voxels used"})
     hidden: int = 512
+    lag_features: Literal["mixed", "separate"] = field(
+        default="mixed", metadata={"help": "lags summed per voxel (mixed) or projected apart (separate)"}
+    )
     pixel_size: int = field(
         default=16, metadata={"help": "blurry frames also in pixels (side; 0: latents only)"}
     )
@@ -87,6 +90,10 @@ class DecodersConfig:
     perceptual_kind: Literal["cosine", "contrastive"] = "cosine"
     ssim: float = field(default=0.0, metadata={"help": "weight of the blurry pixels' SSIM loss"})
     weighting: Literal["uniform", "progressive", "uncertainty"] = "progressive"
+    average_repeats: float = field(
+        default=0.0,
+        metadata={"help": "fraction of training windows averaged over their segment's repeats"},
+    )
     heads: tuple[str, ...] = field(default=HEADS, metadata={"help": "sub-tasks (ablations drop some)"})
     warmup: int = field(default=10, metadata={"help": "TRs skipped at the start of every run"})
     seed: int = 0
@@ -122,6 +129,9 @@ class DecoderData:
         self.select = select
         self.values = {r.index: np.asarray(prep.values[r.index][:, select], np.float16) for r in runs}
         self.runs = {r.index: r for r in runs}
+        self.repeats: dict[int, list[int]] = {}
+        for r in runs:
+            self.repeats.setdefault(r.segment, []).append(r.index)
         s = np.arange(warmup, segment_trs - max(lags))
         self.stim_trs = s
 
@@ -129,9 +139,14 @@ class DecoderData:
         """(n, 2) array of (run index, stimulus TR) for these runs."""
         return np.array([(r.index, s) for r in runs for s in self.stim_trs], dtype=np.int64)
 
-    def windows(self, samples: np.ndarray) -> np.ndarray:
-        """(n, n_lags, n_voxels) float32 inputs of the samples."""
-        return np.stack([self.values[r][s + self.lags] for r, s in samples]).astype(np.float32)
+    def windows(self, samples: np.ndarray, average: np.ndarray | None = None) -> np.ndarray:
+        """(n, n_lags, n_voxels) float32 inputs of the samples; where ``average`` is true, the
+        window averaged over every repeat of its segment (as the test set is)."""
+        rows = []
+        for i, (r, s) in enumerate(samples):
+            runs = self.repeats[self.runs[r].segment] if average is not None and average[i] else [r]
+            rows.append(np.mean([self.values[q][s + self.lags] for q in runs], axis=0, dtype=np.float32))
+        return np.stack(rows)
 
     def target_index(self, samples: np.ndarray) -> np.ndarray:
         """Global TR index of each sample's stimulus."""
@@ -322,13 +337,19 @@ def decoder_loss(
 
 
 def batch_tensors(
-    data: DecoderData, targets: Targets, samples: np.ndarray, motion_norm: tuple, x: np.ndarray | None = None
+    data: DecoderData,
+    targets: Targets,
+    samples: np.ndarray,
+    motion_norm: tuple,
+    x: np.ndarray | None = None,
+    average: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Tensors of one batch: inputs and every head's targets."""
+    """Tensors of one batch: inputs and every head's targets (``x`` given: ``samples`` are
+    global TR indices; else (run, TR) pairs, ``average`` as :meth:`DecoderData.windows`)."""
     idx = data.target_index(samples) if x is None else samples
     mean, std = motion_norm
     batch = {
-        "x": torch.from_numpy(data.windows(samples) if x is None else x),
+        "x": torch.from_numpy(data.windows(samples, average) if x is None else x),
         "latents": torch.from_numpy(targets.latents[idx].astype(np.float32)),
         "image_emb": torch.from_numpy(targets.image_emb[idx]),
         "text_emb": torch.from_numpy(targets.text_emb[idx]),
@@ -348,6 +369,7 @@ def make_model(cfg: DecodersConfig, n_voxels: int, tokenizer: WordTokenizer, emb
         n_voxels=n_voxels,
         n_lags=len(cfg.lags),
         hidden=cfg.hidden,
+        lag_features=cfg.lag_features,
         embed_dim=embed_dim,
         vocab_size=len(tokenizer),
         heads=tuple(cfg.heads),
@@ -564,7 +586,8 @@ def train_decoder(
 
     def make_batch(step: int, rng: np.random.Generator) -> dict:
         pick = train_samples[rng.integers(0, len(train_samples), cfg.batch)]
-        batch = batch_tensors(data, targets, pick, motion_norm)
+        average = rng.random(cfg.batch) < cfg.average_repeats if cfg.average_repeats > 0 else None
+        batch = batch_tensors(data, targets, pick, motion_norm, average=average)
         batch["step"] = step
         return batch
 

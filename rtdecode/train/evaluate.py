@@ -5,7 +5,10 @@ on the training runs, and two baselines are fitted on the same inputs: ridge reg
 pixels and Nishimoto-style retrieval from a library of training clips. Every method
 reconstructs the held-out test clips (fMRI averaged over the repeats, as cc2017) and is scored
 with the evaluation models (never training targets) by :func:`rtdecode.metrics.evaluate_clips`;
-the decoder's sub-tasks are scored beside their chance levels. The ceiling row is the same
+the decoder's sub-tasks are scored beside their chance levels. The constant row shows the mean
+training clip for every test clip: it knows nothing of the brain, so a method's margin over it
+is what the brain gave that method (on the n-way scores it is far above 1/n: the classifier
+scores a blurry frame by the common classes whatever it shows). The ceiling row is the same
 decoder trained and tested on the simulator's noiseless BOLD (``/bold_clean``, all visual
 voxels): what the model reaches when only the simulated brain limits it. Results: a markdown
 table and JSON under ``out``.
@@ -68,7 +71,10 @@ class EvaluateConfig:
     block: int = field(default=24, metadata={"help": "scored test TRs come in contiguous blocks of this"})
     methods: tuple[str, ...] = field(
         default=("ridge", "retrieval", "decoders", "ceiling", "rtdecode"),
-        metadata={"help": "ridge,retrieval,decoders,ceiling (decoders on noiseless fMRI),rtdecode"},
+        metadata={
+            "help": "ridge,retrieval,decoders,ceiling (decoders on noiseless fMRI),rtdecode,"
+            "constant (the mean training clip: no brain information)"
+        },
     )
     ceiling_subjects: int = field(
         default=1, metadata={"help": "the ceiling row for the first N subjects (a decoder each)"}
@@ -88,6 +94,9 @@ class EvaluateConfig:
 BASELINES = ("ridge", "retrieval")
 FULL = "rtdecode (full)"
 LINEAR_PATH = "decoders + ridge (blurry video, mean of the two)"
+CONSTANT = "constant: the mean training clip"
+# Methods that need the subject's decoder trained.
+NEEDS_DECODER = ("decoders", "rtdecode")
 
 
 def load_stimulus_models(directory: Path) -> tuple[dict, str]:
@@ -154,6 +163,18 @@ def _ridge_recon(data: DecoderData, ds: Dataset, fit_samples: np.ndarray, x_test
     w, b, _, _ = fit_ridge(x, (y - mean) @ basis.T, (alpha,))
     pred = np.clip((x_test.reshape(len(x_test), -1) @ w + b) @ basis + mean, 0, 1).reshape(-1, 4, 16, 16, 3)
     return np.stack([np.clip(resize_clip(p, f, ds.config.stimulus.size), 0, 1) for p in pred])
+
+
+def _constant_recon(data: DecoderData, ds: Dataset, fit_samples: np.ndarray, n: int) -> np.ndarray:
+    """The mean training clip, for each of ``n`` test clips: what a method that knows only the
+    stimulus statistics, and nothing of the brain, would show."""
+    f, t = ds.config.frames_per_tr, ds.config.segment_trs
+    total, count = 0.0, 0
+    for seg in sorted({data.runs[r].segment for r, _ in fit_samples}):
+        clips = ds.frames(seg)[: t * f].reshape(t, f, *ds.config.stimulus.size, 3)[data.stim_trs]
+        total = total + clips.sum(0, dtype=np.float64)
+        count += len(clips)
+    return np.broadcast_to((total / count / 255).astype(np.float32), (n, *total.shape))
 
 
 def _retrieval_recon(
@@ -336,13 +357,21 @@ def _method(row: str) -> str:
 def merge_results(dirs: tuple[Path, ...], out: Path) -> dict:
     """Combine the tables of several ``rtdecode evaluate`` runs (e.g. one per subject, run in
     parallel) into one, with a per-method mean over subjects (``… (mean)``) first. Later runs
-    override earlier rows of the same name and a subject's sub-task entries of the same key."""
+    override earlier rows of the same name, a subject's sub-task entries of the same key and
+    the paired comparisons of the same row (other rows' comparisons are kept)."""
     rows: dict[str, dict[str, float]] = {}
     subtasks: dict[str, dict] = {}
     for d in dirs:
         rows.update(json.loads((Path(d) / "table.json").read_text())["rows"])
         for key, info in json.loads((Path(d) / "subtasks.json").read_text()).items():
-            subtasks.setdefault(key, {}).update(info)  # a later run adds to a subject's entries
+            entry = subtasks.setdefault(key, {})  # a later run adds to a subject's entries
+            for name, value in info.items():
+                if name == "comparisons":  # per compared row: a run with other rows keeps these
+                    # (runs made before the baselines became references only compared them too)
+                    kept = {m: v for m, v in value.items() if m not in BASELINES}
+                    entry.setdefault(name, {}).update(kept)
+                else:
+                    entry[name] = value
     means: dict[str, dict[str, float]] = {}
     for method in dict.fromkeys(_method(r) for r in rows):
         group = [v for r, v in rows.items() if _method(r) == method]
@@ -371,8 +400,10 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         t0 = time.time()
         dcfg = replace(cfg.decoder, subject=subject)
         prep, select = prepare(dcfg, progress)
-        run = train_decoder(dcfg, targets, tokenizer, targets.image_emb.shape[1], prep, select, progress)
-        subtasks[subject] = dict(run.metrics)
+        run = None
+        if set(NEEDS_DECODER) & set(cfg.methods):
+            run = train_decoder(dcfg, targets, tokenizer, targets.image_emb.shape[1], prep, select, progress)
+        subtasks[subject] = dict(run.metrics) if run is not None else {}
         with Dataset(dcfg.dataset) as ds:
             data = DecoderData(prep, ds.runs, ds.config.segment_trs, select, dcfg.lags, dcfg.warmup)
             fit_runs, val_runs, test_runs = _splits(ds.runs)
@@ -381,10 +412,11 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             n = len(test_index)
             keep = blocks(n, cfg.block, cfg.clips // cfg.block) if cfg.clips else np.arange(n)
             truth = _ground_truth(ds, test_index[keep]).astype(np.float32) / 255
-            voxel_roi = ds.subject(subject)["roi"][()].ravel()[run.mask_index[select]]
-            subtasks[subject]["roi_saliency"] = roi_saliency(
-                run.model, x_test[:: max(1, len(x_test) // 200)], voxel_roi
-            )
+            if run is not None:
+                voxel_roi = ds.subject(subject)["roi"][()].ravel()[run.mask_index[select]]
+                subtasks[subject]["roi_saliency"] = roi_saliency(
+                    run.model, x_test[:: max(1, len(x_test) // 200)], voxel_roi
+                )
             recon = {}
             size = ds.config.stimulus.size
             if "decoders" in cfg.methods:
@@ -399,6 +431,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
                 recon["ridge"] = _ridge_recon(data, ds, fit_samples, x_test[keep])
             if "retrieval" in cfg.methods:
                 recon["retrieval"] = _retrieval_recon(data, ds, targets, fit_samples, x_test[keep])
+            if "constant" in cfg.methods:
+                recon[CONSTANT] = _constant_recon(data, ds, fit_samples, len(keep))
             recon.update(_with_linear_path(recon))
             same_true = same_scene_truth(ds, test_index[keep])
             if "rtdecode" in cfg.methods:

@@ -1,6 +1,9 @@
 """The brain decoder network, its losses and the sub-task scores (no dataset needed)."""
 
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 import torch
 
 from rtdecode.metrics import ssim_gray
@@ -8,6 +11,7 @@ from rtdecode.models.decoders import HEADS, BrainDecoder, DecoderConfig
 from rtdecode.models.text import WordTokenizer
 from rtdecode.models.worldclip import WorldCLIP
 from rtdecode.train.decoders import (
+    DecoderData,
     DecodersConfig,
     PixelLoss,
     TrainModule,
@@ -172,3 +176,43 @@ def test_tokenizer_round_trip():
     assert ids[0] == tok.BOS and len(ids) == 7 and tok.decode(ids[1:]) == "a red star"
     assert tok.decode(tok.encode("a green star", 5)[1:]) == "a star"  # unknown word dropped
     assert WordTokenizer.from_list(tok.to_list()).words == tok.words
+
+
+def test_windows_average_over_repeats_as_the_test_set():
+    """A window marked for averaging is the mean over its segment's repeats, the same input
+    the test protocol (:meth:`DecoderData.averaged`) gives; unmarked windows stay one repeat."""
+    from scanner_sim.dataset import RunInfo
+
+    rng = np.random.default_rng(0)
+    runs = [RunInfo(i, seg, rep, "train") for i, (seg, rep) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)])]
+    prep = SimpleNamespace(values={r.index: rng.normal(size=(12, 5)).astype(np.float16) for r in runs})
+    data = DecoderData(prep, runs, 12, np.arange(5), (1, 2), warmup=2)
+    samples = np.array([(1, 3), (2, 5)])
+    single = data.windows(samples)
+    mixed = data.windows(samples, np.array([True, False]))
+    np.testing.assert_array_equal(mixed[1], single[1])
+    v0, v1 = (prep.values[i].astype(np.float32) for i in (0, 1))
+    np.testing.assert_allclose(mixed[0], (v0[[4, 5]] + v1[[4, 5]]) / 2, rtol=1e-6)
+    assert not np.allclose(mixed[0], single[0])
+    x_avg, index = data.averaged(runs)
+    row = int(np.flatnonzero(index == 3)[0])
+    np.testing.assert_allclose(mixed[0], x_avg[row], rtol=1e-6)
+
+
+def test_separate_lags_reach_the_heads():
+    """Mixed lags are summed per voxel (an even mix at the start cannot tell the lags apart);
+    separate lags are projected apart, so swapping them changes the output."""
+    from dataclasses import replace
+
+    x = torch.randn(3, 2, SMALL.n_voxels)
+    swapped = x.flip(1)
+    for mode, differs in (("mixed", False), ("separate", True)):
+        torch.manual_seed(0)
+        model = BrainDecoder(replace(SMALL, lag_features=mode)).eval()
+        with torch.no_grad():
+            a, b = model.backbone(x), model.backbone(swapped)
+        assert (not torch.allclose(a, b, atol=1e-5)) == differs, mode
+        rebuilt = BrainDecoder.from_config(model.config)
+        assert rebuilt.separate == (mode == "separate")
+    with pytest.raises(ValueError, match="lag_features"):
+        BrainDecoder(replace(SMALL, lag_features="summed"))

@@ -1,12 +1,21 @@
 """``rtdecode evaluate`` end to end on the tiny dataset: every row of the table is produced."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rtdecode.train.decoders import DecodersConfig
-from rtdecode.train.evaluate import LINEAR_PATH, EvaluateConfig, _with_linear_path, evaluate, references
+from rtdecode.train.evaluate import (
+    CONSTANT,
+    LINEAR_PATH,
+    EvaluateConfig,
+    _with_linear_path,
+    evaluate,
+    merge_results,
+    references,
+)
 from rtdecode.train.evaluate_render import blocks, same_scene_truth
 from scanner_sim.dataset import Dataset
 
@@ -94,3 +103,63 @@ def test_linear_path_is_the_mean_of_decoders_and_ridge():
     both = _with_linear_path({"decoders (blurry video)": pix, "ridge": lin})
     assert set(both) == {LINEAR_PATH} and np.allclose(both[LINEAR_PATH], 0.5)
     assert _with_linear_path({"ridge": lin}) == {}  # without the pixel head there is nothing to add
+
+
+def test_constant_row_is_the_mean_training_clip_and_trains_no_decoder(tiny_dataset, tmp_path):
+    """The floor of every column: the same clip (the training clips' mean) for every test TR,
+    compared with the baselines; without decoder rows no decoder is trained."""
+    from rtdecode.train.decoders import DecoderData, _splits, prepare
+    from rtdecode.train.evaluate import _constant_recon
+
+    dcfg = DecodersConfig(dataset=tiny_dataset, out=tmp_path / "bundle", n_voxels=400, warmup=5)
+    cfg = EvaluateConfig(subjects=("sub-01",), out=tmp_path / "table", clips=4, block=2, decoder=dcfg)
+    res = evaluate(replace(cfg, methods=("ridge", "constant")), progress=False)
+    assert not (tmp_path / "bundle" / "checkpoints").exists()
+    row = res["rows"][f"{CONSTANT} (sub-01)"]
+    assert 0 <= row["frame_2way"] <= 1 and np.isfinite(row["ssim_gray"])
+    assert set(res["subtasks"]["sub-01"]["comparisons"][CONSTANT]) == {"ridge"}
+    prep, select = prepare(dcfg, False)
+    with Dataset(tiny_dataset) as ds:
+        data = DecoderData(prep, ds.runs, ds.config.segment_trs, select, dcfg.lags, dcfg.warmup)
+        fit, val, _ = _splits(ds.runs)
+        samples = data.samples(fit + val)
+        const = _constant_recon(data, ds, samples, 3)
+        f, t = ds.config.frames_per_tr, ds.config.segment_trs
+        first = ds.frames(0)[: t * f].reshape(t, f, *const.shape[2:])[data.stim_trs[0]]
+        n_segments = len({data.runs[r].segment for r, _ in samples})
+    assert const.shape[0] == 3 and np.array_equal(const[0], const[2])
+    expected_share = first.astype(np.float64) / 255 / (n_segments * len(data.stim_trs))
+    assert np.all(const[0] + 1e-6 >= expected_share)  # every training clip is in the mean
+
+
+def test_merge_keeps_every_runs_comparisons(tmp_path):
+    """A later run with other rows adds its comparisons; it replaces only those of its own rows."""
+    import json
+
+    def run(name: str, rows: dict, comparisons: dict, extra: dict) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "table.json").write_text(json.dumps({"rows": rows}))
+        (d / "subtasks.json").write_text(json.dumps({"sub-01": {"comparisons": comparisons, **extra}}))
+        return d
+
+    cell = {"diff": 0.1, "lo": 0.05, "hi": 0.2, "p": 0.01, "groups": 8}
+    first = run(
+        "a",
+        {"ridge (sub-01)": {"ssim_gray": 0.5}, "decoders (sub-01)": {"ssim_gray": 0.6}},
+        {"decoders": {"ridge": {"ssim_gray": cell}}},
+        {"concept_top1": {"value": 0.6}},
+    )
+    second = run(
+        "b",
+        {"ridge (sub-01)": {"ssim_gray": 0.5}, f"{CONSTANT} (sub-01)": {"ssim_gray": 0.4}},
+        {CONSTANT: {"ridge": {"ssim_gray": {**cell, "diff": -0.1}}}},
+        {},
+    )
+    merged = merge_results((first, second), tmp_path / "out")
+    cmp = merged["subtasks"]["sub-01"]["comparisons"]
+    assert set(cmp) == {"decoders", CONSTANT}
+    assert merged["subtasks"]["sub-01"]["concept_top1"]["value"] == 0.6
+    assert merged["rows"][f"{CONSTANT} (mean of 1)"]["ssim_gray"] == 0.4
+    text = (tmp_path / "out" / "comparisons.md").read_text()
+    assert "decoders − ridge" in text and f"{CONSTANT} − ridge" in text
