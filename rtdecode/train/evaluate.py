@@ -7,8 +7,8 @@ reconstructs the held-out test clips (fMRI averaged over the repeats, as cc2017)
 with the evaluation models (never training targets) by :func:`rtdecode.metrics.evaluate_clips`;
 the decoder's sub-tasks are scored beside their chance levels. The constant row shows the mean
 training clip for every test clip: it knows nothing of the brain, so a method's margin over it
-is what the brain gave that method (on the n-way scores it is far above 1/n: the classifier
-scores a blurry frame by the common classes whatever it shows). The ceiling row is the same
+is what the brain gave that method (its n-way scores are far above 1/n, and on the simulated
+test set above the baselines'). The ceiling row is the same
 decoder trained and tested on the simulator's noiseless BOLD (``/bold_clean``, all visual
 voxels): what the model reaches when only the simulated brain limits it. Results: a markdown
 table and JSON under ``out``.
