@@ -14,7 +14,7 @@ from rtdecode.metrics.motion import (
     optical_flow,
     shuffle_test,
 )
-from rtdecode.metrics.semantic import NWayResult, clip_pcc, clip_similarity, n_way_accuracy
+from rtdecode.metrics.semantic import NWayResult, clip_pcc, clip_similarity, identification, n_way_accuracy
 from rtdecode.metrics.table import COLUMNS, column_info, evaluate_clips, format_table, write_table
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "evaluate_clips",
     "format_table",
     "hue_similarity",
+    "identification",
     "n_way_accuracy",
     "optical_flow",
     "paired_bootstrap",

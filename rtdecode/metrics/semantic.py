@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 from scipy.stats import hypergeom
 
-__all__ = ["NWayResult", "clip_pcc", "clip_similarity", "n_way_accuracy"]
+__all__ = ["NWayResult", "clip_pcc", "clip_similarity", "identification", "n_way_accuracy"]
 
 
 class NWayResult(NamedTuple):
@@ -202,3 +202,59 @@ def clip_similarity(pred_emb: np.ndarray, true_emb: np.ndarray) -> np.ndarray:
     if p.shape != t.shape:
         raise ValueError(f"shape mismatch: {p.shape} vs {t.shape}")
     return np.einsum("...d,...d->...", _unit(p), _unit(t))
+
+
+def identification(
+    pred_emb: np.ndarray,
+    true_emb: np.ndarray,
+    n: int = 2,
+    trials: int = 100,
+    rng: np.random.Generator | int | None = 0,
+) -> np.ndarray:
+    """n-way identification of each clip among the other clips of the set, by embedding.
+
+    Definition followed: MindEye's two-way identification in CLIP space, extended to ``n``
+    (NeuroClips / Mind-Animator report the classifier-based MinD-Video n-way instead). A clip's
+    reconstruction is correct when it is more similar to its own ground truth than to the ground
+    truths of ``n - 1`` other clips. Unlike the classifier-based n-way, a method that shows the
+    same picture for every clip scores chance (exactly 0.5 for 2-way, about ``1/n`` otherwise),
+    whatever the picture: the score counts only what differs between clips.
+
+    Parameters
+    ----------
+    pred_emb, true_emb : ndarray, shape (N, D) or (N, F, D)
+        Embeddings of the reconstructions and the ground truths (with a frame axis, each clip
+        is the mean of its unit-norm frame embeddings).
+    n : int
+        Candidates per trial (the true clip and ``n - 1`` others); ``n <= N``.
+    trials : int
+        Random trials per clip for ``n > 2``; 2-way compares with every other clip (exact).
+    rng : numpy Generator, int or None
+        Random source of the trials.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+        Each clip's success rate (ties count half in 2-way, as failures otherwise).
+    """
+    p, t = np.asarray(pred_emb, np.float64), np.asarray(true_emb, np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"shape mismatch: {p.shape} vs {t.shape}")
+    if p.ndim == 3:
+        p, t = _unit(p).mean(1), _unit(t).mean(1)
+    count = len(p)
+    if not 2 <= n <= count:
+        raise ValueError(f"n-way identification needs 2 <= n <= {count} clips, got n={n}")
+    sim = _unit(p) @ _unit(t).T  # reconstruction i against ground truth j
+    own = np.diag(sim)
+    others = ~np.eye(count, dtype=bool)
+    if n == 2:
+        wins = (own[:, None] > sim) + 0.5 * (own[:, None] == sim)
+        return (wins * others).sum(1) / (count - 1)
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    out = np.empty(count)
+    for i in range(count):
+        pool = np.flatnonzero(others[i])
+        picks = np.stack([gen.choice(pool, n - 1, replace=False) for _ in range(trials)])
+        out[i] = np.mean(own[i] > sim[i, picks].max(1))
+    return out

@@ -13,7 +13,7 @@ import numpy as np
 
 from rtdecode.metrics.image import hue_similarity, psnr, ssim_gray, ssim_rgb, to_float
 from rtdecode.metrics.motion import epe
-from rtdecode.metrics.semantic import clip_pcc, clip_similarity, n_way_accuracy
+from rtdecode.metrics.semantic import clip_pcc, clip_similarity, identification, n_way_accuracy
 
 __all__ = ["COLUMNS", "column_info", "evaluate_clips", "format_table", "write_table"]
 
@@ -28,6 +28,8 @@ COLUMNS: dict[str, tuple[str, bool, str]] = {
     "video_50way": ("Video 50-way", True, ".3f"),
     "frame_2way": ("Frame 2-way", True, ".3f"),
     "frame_50way": ("Frame 50-way", True, ".3f"),
+    "ident_2way": ("Ident. 2-way", True, ".3f"),
+    "ident_50way": ("Ident. 50-way", True, ".3f"),
     "clip_sim": ("CLIP sim", True, ".3f"),
     "ssim_gray": ("SSIM", True, ".3f"),
     "ssim_rgb": ("SSIM RGB 7×7", True, ".3f"),
@@ -82,6 +84,10 @@ def evaluate_clips(
       the reconstructed clips against its output on the ground-truth clips (MinD-Video protocol: the
       ground truth's ``top`` classes, ``trials`` random trials);
     * ``frame_{n}way`` — the same with the frame classifier on every frame (N·F samples);
+    * ``ident_{n}way`` — :func:`~rtdecode.metrics.identification`: each clip's reconstruction
+      against its own and ``n - 1`` other test clips' ground truths in the evaluation embedding
+      (clips with fewer than ``n`` in the set: that column is left out). A constant picture
+      scores chance here, unlike in the classifier-based columns;
     * ``clip_sim`` — cosine similarity of the evaluation embedding of each reconstructed frame and its
       ground-truth frame (MinD-Video's CLIP score);
     * ``ssim_gray`` / ``ssim_rgb`` / ``psnr`` / ``hue`` — per frame (:mod:`rtdecode.metrics.image`);
@@ -154,6 +160,10 @@ def evaluate_clips(
         e_pred = _batched(embed, pred_frames, batch_size)
         e_true = _batched(embed, true_frames, batch_size)
         clips["clip_sim"] = clip_similarity(e_pred, e_true)
+        e_clips = (e_pred.reshape(n, f, -1), e_true.reshape(n, f, -1))
+        for nw in (w for w in ways if w <= n):
+            # one value per clip, repeated over its frames so the per-clip mean below keeps it
+            clips[f"ident_{nw}way"] = np.repeat(identification(*e_clips, nw, trials, gen), f)
     clips["ssim_gray"] = ssim_gray(pred_frames, true_frames)
     clips["ssim_rgb"] = ssim_rgb(pred_frames, true_frames)
     clips["psnr"] = psnr(pred_frames, true_frames, max_db=psnr_max_db)

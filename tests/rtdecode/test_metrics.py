@@ -21,6 +21,7 @@ from rtdecode.metrics import (
     evaluate_clips,
     format_table,
     hue_similarity,
+    identification,
     n_way_accuracy,
     paired_bootstrap,
     psnr,
@@ -303,14 +304,14 @@ def test_evaluate_clips_every_column():
     pred = np.clip(true / 255.0 + 0.2 * rng.standard_normal(true.shape), 0, 1)
     models = _tiny_models()
     out = evaluate_clips(pred, true, *models, rng=0, batch_size=7)
-    assert list(out) == list(COLUMNS)
+    assert list(out) == [c for c in COLUMNS if c != "ident_50way"]  # 5 clips: no 50-way identification
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values())
     assert out == evaluate_clips(pred, true, *models, rng=0, batch_size=7)  # deterministic
     perfect = evaluate_clips(true, true, *models, rng=0, batch_size=None)
     assert perfect["video_50way"] == 1.0 and perfect["frame_2way"] == 1.0
     assert perfect["ssim_gray"] == pytest.approx(1.0) and perfect["psnr"] == 100.0
     assert perfect["epe"] == 0.0 and perfect["hue"] == pytest.approx(1.0)
-    assert perfect["clip_sim"] == pytest.approx(1.0)
+    assert perfect["clip_sim"] == pytest.approx(1.0) and perfect["ident_2way"] == 1.0
     assert perfect["ssim_rgb"] > out["ssim_rgb"]
     clips: dict = {}
     assert evaluate_clips(pred, true, *models, rng=0, batch_size=7, per_clip=clips) == out
@@ -325,6 +326,23 @@ def test_evaluate_clips_every_column():
         "hue",
         "epe",
     }
+
+
+def test_identification_hand_computed_and_chance_for_a_constant():
+    true = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    pred = np.array([[1.0, 0.1], [1.0, 0.0], [0.0, 1.0]])
+    # cosines with truths 0, 1, 2 — row 0: 0.995, 0.0995, 0.774 (own first: wins both);
+    # row 1: 1, 0, 0.707 (own 0: loses both); row 2: 0, 1, 0.707 (own 0.707: wins one, loses one).
+    np.testing.assert_allclose(identification(pred, true, 2), [1.0, 0.0, 0.5])
+    assert identification(pred, true, 3, trials=5).tolist() == [1.0, 0.0, 0.0]
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((60, 4, 8))  # (clips, frames, dim)
+    assert identification(truth, truth, 2).min() == 1.0
+    constant = np.broadcast_to(rng.standard_normal((1, 4, 8)), truth.shape)
+    assert identification(constant, truth, 2).mean() == pytest.approx(0.5)  # whatever the picture
+    assert identification(constant, truth, 50, trials=200, rng=1).mean() < 0.1
+    with pytest.raises(ValueError, match="2 <= n"):
+        identification(truth, truth, 61)
 
 
 def test_format_table_bolds_best(tmp_path):
