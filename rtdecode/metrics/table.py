@@ -40,7 +40,7 @@ COLUMNS: dict[str, tuple[str, bool, str]] = {
     "epe": ("EPE", False, ".3f"),
 }
 
-_WAY = re.compile(r"^(video|frame)_(\d+)way$")
+_WAY = re.compile(r"^(video|frame|ident)_(\d+)way$")
 
 
 def column_info(key: str) -> tuple[str, bool | None, str]:
