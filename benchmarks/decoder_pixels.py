@@ -30,7 +30,7 @@ from rtdecode.train.targets import compute_targets
 from scanner_sim import stimuli
 from scanner_sim.dataset import Dataset
 
-COLUMNS = ("video_2way", "video_50way", "frame_2way", "frame_50way", "ssim_gray")
+COLUMNS = ("video_2way", "video_50way", "frame_2way", "frame_50way", "ident_2way", "ident_50way", "ssim_gray")
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
