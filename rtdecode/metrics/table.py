@@ -160,16 +160,16 @@ def evaluate_clips(
         e_pred = _batched(embed, pred_frames, batch_size)
         e_true = _batched(embed, true_frames, batch_size)
         clips["clip_sim"] = clip_similarity(e_pred, e_true)
-        e_clips = (e_pred.reshape(n, f, -1), e_true.reshape(n, f, -1))
-        for nw in (w for w in ways if w <= n):
-            # one value per clip, repeated over its frames so the per-clip mean below keeps it
-            clips[f"ident_{nw}way"] = np.repeat(identification(*e_clips, nw, trials, gen), f)
     clips["ssim_gray"] = ssim_gray(pred_frames, true_frames)
     clips["ssim_rgb"] = ssim_rgb(pred_frames, true_frames)
     clips["psnr"] = psnr(pred_frames, true_frames, max_db=psnr_max_db)
     clips["hue"] = hue_similarity(pred_frames, true_frames)
     # Every clip has F frames, so the mean of per-clip means is the mean over all frames.
     clips = {k: np.asarray(v, np.float64).reshape(n, -1).mean(1) for k, v in clips.items()}
+    if embed is not None:  # per clip already: each clip against the other clips
+        e_clips = (e_pred.reshape(n, f, -1), e_true.reshape(n, f, -1))
+        for nw in (w for w in ways if w <= n):
+            clips[f"ident_{nw}way"] = identification(*e_clips, nw, trials, gen)
     out = {k: float(v.mean()) for k, v in clips.items()}
     if embed is not None:
         pcc = clip_pcc(e_pred.reshape(n, f, -1))

@@ -168,13 +168,13 @@ def _ridge_recon(data: DecoderData, ds: Dataset, fit_samples: np.ndarray, x_test
 def _constant_recon(data: DecoderData, ds: Dataset, fit_samples: np.ndarray, n: int) -> np.ndarray:
     """The mean training clip, for each of ``n`` test clips: what a method that knows only the
     stimulus statistics, and nothing of the brain, would show."""
-    f, t = ds.config.frames_per_tr, ds.config.segment_trs
-    total, count = 0.0, 0
-    for seg in sorted({data.runs[r].segment for r, _ in fit_samples}):
-        clips = ds.frames(seg)[: t * f].reshape(t, f, *ds.config.stimulus.size, 3)[data.stim_trs]
-        total = total + clips.sum(0, dtype=np.float64)
-        count += len(clips)
-    return np.broadcast_to((total / count / 255).astype(np.float32), (n, *total.shape))
+    index = np.unique(data.target_index(fit_samples))  # every training TR once (not per repeat)
+    t = ds.config.segment_trs
+    # a segment at a time: all training clips at once would take about a gigabyte
+    total = sum(
+        _ground_truth(ds, index[index // t == seg]).sum(0, dtype=np.float64) for seg in np.unique(index // t)
+    )
+    return np.broadcast_to((total / len(index) / 255).astype(np.float32), (n, *total.shape))
 
 
 def _retrieval_recon(
