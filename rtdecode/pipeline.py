@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -207,6 +208,9 @@ class Engine:
         self.latencies: list[dict[str, float]] = []
         self.record: GuardedRecord | None = None
         self.frames: FrameIngest | None = None
+        # Set once the stimulus stream is found or known to be absent (outputs whose layout
+        # depends on it, like the side-by-side video, wait for it).
+        self.stimulus_known = threading.Event()
         self.window: dict[int, np.ndarray] = {}
         self.warm_ms: list[float] = []
         self._pre_exec = ThreadPoolExecutor(1, thread_name_prefix="preprocess")
@@ -475,16 +479,8 @@ class Engine:
             asyncio.create_task(c)
             for c in (self._preprocess_stage(), self._decode_stage(), self._render_stage())
         ]
-        if self.cfg.ingest.stimulus:
-            # Frames are needed only until their TR is rendered: keep 64 volume intervals (an
-            # accelerated stream would otherwise hold minutes of frames at 20x the frame rate).
-            keep_s = 64 * self.ingest.interval
-            self.frames = await self.loop.run_in_executor(
-                None, lambda: FrameIngest.find(self.ingest.info, on_event=self._on_event, keep_s=keep_s)
-            )
-            if self.frames is not None:
-                self.frames.start()
         try:
+            await self._find_stimulus()
             await self.loop.run_in_executor(None, self.ingest.finished.wait)
         finally:
             self.ingest.stop()
@@ -492,6 +488,20 @@ class Engine:
             await asyncio.gather(*stages, return_exceptions=True)
             await self._close()
         return self.summary()
+
+    async def _find_stimulus(self) -> None:
+        try:
+            if self.cfg.ingest.stimulus:
+                # Frames are needed only until their TR is rendered: keep 64 volume intervals (an
+                # accelerated stream would otherwise hold minutes of frames at 20x the frame rate).
+                keep_s = 64 * self.ingest.interval
+                self.frames = await self.loop.run_in_executor(
+                    None, lambda: FrameIngest.find(self.ingest.info, on_event=self._on_event, keep_s=keep_s)
+                )
+                if self.frames is not None:
+                    self.frames.start()
+        finally:
+            self.stimulus_known.set()
 
     async def _close(self) -> None:
         if self.frames is not None:

@@ -74,15 +74,25 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     Returns
     -------
     int
-        Number of frames written. With no frames no file is created and 0 is returned.
+        Number of frames written. With no frames no file is created and 0 is returned. If
+        ``frames`` raises (or a frame is invalid), the frames before it are still written
+        to a playable file and the error propagates.
     """
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
     container = stream = size = None
     n = 0
+    source_error: Exception | None = None
+    it = iter(frames)
     try:
-        for frame in frames:
-            arr = _check_frame(frame, size)
+        while True:
+            try:
+                arr = _check_frame(next(it), size)
+            except StopIteration:
+                break
+            except Exception as exc:  # a bad frame or a failing source: keep the frames before it
+                source_error = exc
+                break
             if container is None:
                 size = arr.shape[:2]
                 container = av.open(os.fspath(path), mode="w")
@@ -92,10 +102,14 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
             container.mux(stream.encode(vf))
             n += 1
         if container is not None:
-            container.mux(stream.encode(None))  # flush the encoder
+            # Flush the encoder: it holds the last frames (libx264 even the first ones: without
+            # the flush no file is written at all). Not after a failed mux: PyAV would crash.
+            container.mux(stream.encode(None))
     finally:
         if container is not None:
             container.close()
+    if source_error is not None:
+        raise source_error
     return n
 
 

@@ -1,9 +1,13 @@
 """Video files and clip layouts (rtdecode.video)."""
 
+import threading
+
 import numpy as np
 import pytest
 
 from rtdecode import video
+from rtdecode.outputs import ClipResult
+from rtdecode.outputs.video import SideBySideVideo
 from rtdecode.video import read_video, side_by_side, upscale, write_video
 
 
@@ -58,6 +62,21 @@ def test_bad_frames_are_rejected(tmp_path):
         write_video(tmp_path / "y.mp4", frames, fps=8)
 
 
+def test_frames_before_an_error_are_kept(tmp_path):
+    # libx264 holds the first frames: without a flush on error no file was written at all.
+    clip = _smooth_clip(5, 32, 32)
+
+    def frames():
+        yield from clip
+        raise RuntimeError("source failed")
+
+    path = tmp_path / "partial.mp4"
+    with pytest.raises(RuntimeError, match="source failed"):
+        write_video(path, frames(), fps=8)
+    back = read_video(path)
+    assert back.shape == clip.shape and np.abs(back.astype(int) - clip).mean() < 8
+
+
 def test_side_by_side_shapes_and_content():
     a = np.full((5, 64, 64, 3), 10, np.uint8)
     b = np.full((5, 32, 48, 3), 200, np.uint8)  # half height: resized to 64×96
@@ -80,3 +99,43 @@ def test_upscale_nearest():
     assert up.shape == (1, 6, 6, 3)
     assert (up[0, :3, :3] == clip[0, 0, 0]).all() and (up[0, 3:, 3:] == clip[0, 1, 1]).all()
     assert upscale(clip[0], 2).shape == (4, 4, 3)
+
+
+class _Engine:
+    """The two things SideBySideVideo asks of the engine: the stimulus search's outcome and
+    the stimulus frames of a TR (here: none for TR 0, as before the stimulus inlet opens)."""
+
+    def __init__(self, stimulus: bool) -> None:
+        self.stimulus_known = threading.Event()
+        self.frames = object() if stimulus else None
+
+    def stimulus_frames(self, tr: int, n: int) -> np.ndarray | None:
+        if self.frames is None or tr == 0:
+            return None
+        return np.full((n, 8, 8, 3), 250, np.uint8)
+
+
+def _clip_result(tr: int) -> ClipResult:
+    return ClipResult(tr, tr + 2, np.full((4, 8, 8, 3), 20 * (tr + 1), np.uint8), None, {})
+
+
+@pytest.mark.parametrize("stimulus", [True, False])
+def test_side_by_side_video_keeps_one_layout(tmp_path, stimulus):
+    engine = _Engine(stimulus)
+    out = SideBySideVideo(tmp_path / "v.mp4", fps=8, scale=4)
+    out.start(engine)
+    for tr in range(3):  # rendered before the engine knows about the stimulus stream
+        out.clip(_clip_result(tr))
+    engine.stimulus_known.set()
+    out.close()
+    assert not out.failed and out.frames_written == 12
+    back = read_video(tmp_path / "v.mp4")
+    assert back.shape[0] == 12
+    recon = back[:, -16:, -16:].mean(axis=(1, 2, 3))
+    assert np.allclose(recon, np.repeat([20, 40, 60], 4), atol=6)
+    if stimulus:  # side by side, TR 0's stimulus panel the grey placeholder
+        assert back.shape[2] == 32 + 2 + 32
+        left = back[:, -16:, 4:16].mean(axis=(1, 2, 3))
+        assert np.allclose(left[:4], 96, atol=6) and np.allclose(left[4:], 250, atol=6)
+    else:
+        assert back.shape[1:3] == (32, 32)
