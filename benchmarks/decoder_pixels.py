@@ -19,15 +19,12 @@ import time
 from dataclasses import fields, replace
 from pathlib import Path
 
+import held_out
 import numpy as np
 
 from rtdecode.metrics.table import evaluate_clips
-from rtdecode.models.text import WordTokenizer
 from rtdecode.render import resize_clip
-from rtdecode.train.decoders import DecoderData, DecodersConfig, _splits, prepare, train_decoder
-from rtdecode.train.evaluate import _ground_truth, _ridge_recon, load_stimulus_models, scorers
-from rtdecode.train.targets import compute_targets
-from scanner_sim import stimuli
+from rtdecode.train.decoders import DecodersConfig, train_decoder
 from scanner_sim.dataset import Dataset
 
 COLUMNS = ("video_2way", "video_50way", "frame_2way", "frame_50way", "ident_2way", "ident_50way", "ssim_gray")
@@ -53,45 +50,43 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", type=Path, default=Path("data/cc2017"))
-    ap.add_argument("--subject", default="sub-01")
-    ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--encoders", type=Path, default=Path("engines/default"))
-    ap.add_argument("--checkpoints", type=Path, default=Path("/tmp/evalck"), help="decoder checkpoints root")
+    held_out.add_arguments(ap)
     ap.add_argument("--variants", nargs="+", default=["mse="], help="name=field=value,...")
     ap.add_argument("--no-ridge", action="store_true", help="skip the ridge row")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decoder_pixels.json")
     args = ap.parse_args()
-    models, digest = load_stimulus_models(args.encoders)
-    tokenizer = WordTokenizer(stimuli.caption_vocabulary())
-    targets = compute_targets(args.dataset, models, digest, tokenizer, 24, False)
-    base = DecodersConfig(dataset=args.dataset, subject=args.subject, steps=args.steps)
-    base = replace(base, encoders=args.encoders, out=args.checkpoints)
-    prep, select = prepare(base, False)
-    frame_cls, video_cls, embed = scorers(models)
+    setup = held_out.load(args)
+    frame_cls, video_cls, embed = setup.scorers
     results = {}
     with Dataset(args.dataset) as ds:  # open throughout: ridge reads the stimulus frames
-        data = DecoderData(prep, ds.runs, ds.config.segment_trs, select, base.lags, base.warmup)
-        fit, val, _ = _splits(ds.runs)
-        x_val, index = data.averaged(val)
-        truth = _ground_truth(ds, index).astype(np.float32) / 255
+        seg = held_out.segment(setup, ds)
         size = ds.config.stimulus.size
-        recon = {} if args.no_ridge else {"ridge": lambda: _ridge_recon(data, ds, data.samples(fit), x_val)}
+        recon = {} if args.no_ridge else {"ridge": seg.ridge}
         for text in args.variants:
             name, overrides = parse_variant(text)
 
             def decode(name=name, overrides=overrides):
-                cfg = replace(base, **overrides)
+                cfg = replace(setup.base, **overrides)
                 # its own checkpoints: neither the subject's real decoder nor another variant's
-                dim = targets.image_emb.shape[1]
-                run = train_decoder(cfg, targets, tokenizer, dim, prep, select, True, True, f"-val-{name}")
+                dim = setup.targets.image_emb.shape[1]
+                run = train_decoder(
+                    cfg,
+                    setup.targets,
+                    setup.tokenizer,
+                    dim,
+                    setup.prep,
+                    setup.select,
+                    True,
+                    True,
+                    f"-val-{name}",
+                )
                 pixels = run.test_outputs["pixels"]
                 return np.stack([np.clip(resize_clip(p, len(p), size), 0, 1) for p in pixels])
 
             recon[f"decoder {name} {json.dumps(overrides)}"] = decode
         for name, make in recon.items():
             t0 = time.time()
-            row = evaluate_clips(make().astype(np.float32), truth, frame_cls, video_cls, embed, rng=0)
+            row = evaluate_clips(make().astype(np.float32), seg.truth, frame_cls, video_cls, embed, rng=0)
             results[f"{args.subject} {name}"] = {k: row[k] for k in COLUMNS} | {"seconds": time.time() - t0}
             print(f"{args.subject} {name}: " + " ".join(f"{k} {row[k]:.3f}" for k in COLUMNS), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +94,7 @@ def main() -> int:
     doc = json.loads(args.out.read_text()) if args.out.exists() else {"results": {}, "commands": []}
     doc["results"].update(results)
     doc["commands"] = [*doc.get("commands", []), " ".join(sys.argv)]
-    doc.update(steps=args.steps, held_out_trs=len(index))
+    doc.update(steps=args.steps, held_out_trs=len(seg.index))
     args.out.write_text(json.dumps(doc, indent=1, default=float))
     return 0
 

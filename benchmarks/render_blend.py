@@ -1,0 +1,105 @@
+"""Can the rendered clip keep the blurry decode's pixel fidelity? Measured on held-out training data.
+
+The renderer's clips identify the stimulus better than ridge but score lower SSIM, hue and EPE
+(smoothness-rewarding columns). This scores post-hoc mixes of the student's clip with the
+decoder's blurry pixels on the last training segment (repeats averaged; the test set is not
+touched): a blend ``(1 - a) · render + a · pixels`` and a low-frequency swap
+``render + G_σ * (pixels - render)`` (the render's detail over the blurry decode's coarse
+structure), beside ridge. Uses the validation decoder of ``decoder_pixels.py``'s defaults
+(``decoder-<subject>-val-mse`` under ``--checkpoints``; trained if missing) and the bundle's
+fusion threshold. Results go to ``benchmarks/results/render_blend.json``.
+
+    .venv/bin/python benchmarks/render_blend.py --subject sub-01
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import held_out
+import numpy as np
+from safetensors.numpy import load_file
+
+from rtdecode.fuse import FusionConfig
+from rtdecode.metrics.table import evaluate_clips
+from rtdecode.render import resize_clip
+from rtdecode.render.diffusion import diffusion_renderer
+from rtdecode.train.decoders import train_decoder
+from rtdecode.train.evaluate_render import decoded_conditions, render_clips
+from scanner_sim.dataset import Dataset
+
+COLUMNS = (
+    "ident_2way",
+    "ident_50way",
+    "frame_2way",
+    "video_2way",
+    "clip_sim",
+    "ssim_gray",
+    "psnr",
+    "hue",
+    "epe",
+)
+
+
+def low_pass(clips: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of every frame of ``(N, F, H, W, 3)`` float clips."""
+    return np.stack([np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in c]) for c in clips])
+
+
+def mixes(render: np.ndarray, pixels: np.ndarray, blends, sigmas) -> dict[str, np.ndarray]:
+    """The render, the blurry pixels and their blends / low-frequency swaps, all in [0, 1]."""
+    out = {"render": render, "blurry pixels": pixels}
+    for a in blends:
+        out[f"blend a={a:g}"] = (1 - a) * render + a * pixels
+    for s in sigmas:
+        out[f"low-frequency swap sigma={s:g}"] = np.clip(render + low_pass(pixels - render, s), 0, 1)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    held_out.add_arguments(ap)
+    ap.add_argument("--blends", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    ap.add_argument("--sigmas", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "render_blend.json")
+    args = ap.parse_args()
+    setup = held_out.load(args)
+    dim = setup.targets.image_emb.shape[1]
+    inputs = (setup.base, setup.targets, setup.tokenizer, dim, setup.prep, setup.select)
+    run = train_decoder(*inputs, True, True, "-val-mse")
+    with Dataset(args.dataset) as ds:
+        seg = held_out.segment(setup, ds)
+        ridge = seg.ridge()
+    spec = json.loads((args.encoders / "renderer.json").read_text())
+    tensors = load_file(str(args.encoders / "renderer.safetensors"))
+    student = diffusion_renderer(tensors, spec, setup.models, "student")
+    manifest = json.loads((args.encoders / "manifest.json").read_text())
+    conds = decoded_conditions(run.test_outputs, run.test_index, np.arange(len(run.test_index)))
+    rendered, _, _ = render_clips(student, conds, FusionConfig(), manifest["fusion"]["threshold"])
+    render = rendered.astype(np.float32) / 255
+    size = render.shape[2:4]
+    pixels = np.stack([np.clip(resize_clip(c.pixels, len(c.pixels), size), 0, 1) for c in conds])
+    frame_cls, video_cls, embed = setup.scorers
+    results = {}
+    clips = {"ridge": ridge, **mixes(render, pixels.astype(np.float32), args.blends, args.sigmas)}
+    for name, clip in clips.items():
+        row = evaluate_clips(clip, seg.truth, frame_cls, video_cls, embed, rng=0)
+        results[f"{args.subject} {name}"] = {k: row[k] for k in COLUMNS}
+        print(f"{args.subject} {name}: " + " ".join(f"{k} {row[k]:.3f}" for k in COLUMNS), flush=True)
+    doc = {
+        "results": results,
+        "command": " ".join(sys.argv),
+        "held_out_trs": len(seg.index),
+        "steps": args.steps,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
