@@ -23,8 +23,8 @@ import held_out
 import numpy as np
 
 from rtdecode.metrics.table import evaluate_clips
-from rtdecode.render import resize_clip
 from rtdecode.train.decoders import DecodersConfig, train_decoder
+from rtdecode.train.evaluate import pixel_clips
 from scanner_sim.dataset import Dataset
 
 COLUMNS = ("video_2way", "video_50way", "frame_2way", "frame_50way", "ident_2way", "ident_50way", "ssim_gray")
@@ -81,7 +81,7 @@ def main() -> int:
                     f"-val-{name}",
                 )
                 pixels = run.test_outputs["pixels"]
-                return np.stack([np.clip(resize_clip(p, len(p), size), 0, 1) for p in pixels])
+                return pixel_clips(pixels, size)
 
             recon[f"decoder {name} {json.dumps(overrides)}"] = decode
         for name, make in recon.items():

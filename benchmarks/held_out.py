@@ -8,6 +8,7 @@ prepared data, and the held-out segment's inputs and ground truth.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Segment:
 
     index: np.ndarray
     truth: np.ndarray
-    ridge: object  # () -> reconstruction (fitting ridge takes minutes: only when asked)
+    ridge: Callable[[], np.ndarray]  # fitting ridge takes minutes: only when asked
 
 
 def segment(setup: Setup, ds) -> Segment:

@@ -5,8 +5,8 @@ The renderer's clips identify the stimulus better than ridge but score lower SSI
 decoder's blurry pixels on the last training segment (repeats averaged; the test set is not
 touched): a blend ``(1 - a) · render + a · pixels`` and a low-frequency swap
 ``render + G_σ * (pixels - render)`` (the render's detail over the blurry decode's coarse
-structure), beside ridge. Uses the validation decoder of ``decoder_pixels.py``'s defaults
-(``decoder-<subject>-val-mse`` under ``--checkpoints``; trained if missing) and the bundle's
+structure), beside ridge. Uses the validation decoder of ``decoder_pixels.py``'s "mse" row
+(``DECODER``; ``decoder-<subject>-val-mse`` under ``--checkpoints``; trained if missing) and the bundle's
 fusion threshold. Results go to ``benchmarks/results/render_blend.json``.
 
     .venv/bin/python benchmarks/render_blend.py --subject sub-01
@@ -17,18 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import held_out
 import numpy as np
-from safetensors.numpy import load_file
 
+from rtdecode.bundle import load_bundle
 from rtdecode.fuse import FusionConfig
 from rtdecode.metrics.table import evaluate_clips
-from rtdecode.render import resize_clip
-from rtdecode.render.diffusion import diffusion_renderer
+from rtdecode.render import load_renderer
 from rtdecode.train.decoders import train_decoder
+from rtdecode.train.evaluate import pixel_clips
 from rtdecode.train.evaluate_render import decoded_conditions, render_clips
 from scanner_sim.dataset import Dataset
 
@@ -43,6 +44,11 @@ COLUMNS = (
     "hue",
     "epe",
 )
+
+
+# The decoder the committed results used: the defaults before 2026-12-03 (checkpoint ``-val-mse``,
+# ``decoder_pixels.py``'s "mse" row), pinned so that a later change of defaults cannot reuse the name.
+DECODER = {"lag_features": "mixed", "average_repeats": 0.0}
 
 
 def low_pass(clips: np.ndarray, sigma: float) -> np.ndarray:
@@ -69,20 +75,18 @@ def main() -> int:
     args = ap.parse_args()
     setup = held_out.load(args)
     dim = setup.targets.image_emb.shape[1]
-    inputs = (setup.base, setup.targets, setup.tokenizer, dim, setup.prep, setup.select)
-    run = train_decoder(*inputs, True, True, "-val-mse")
+    cfg = replace(setup.base, **DECODER)
+    inputs = (setup.targets, setup.tokenizer, dim, setup.prep, setup.select)
+    run = train_decoder(cfg, *inputs, True, True, "-val-mse")
     with Dataset(args.dataset) as ds:
         seg = held_out.segment(setup, ds)
         ridge = seg.ridge()
-    spec = json.loads((args.encoders / "renderer.json").read_text())
-    tensors = load_file(str(args.encoders / "renderer.safetensors"))
-    student = diffusion_renderer(tensors, spec, setup.models, "student")
-    manifest = json.loads((args.encoders / "manifest.json").read_text())
+    bundle = load_bundle(args.encoders)  # the student and fusion threshold the engine would use
     conds = decoded_conditions(run.test_outputs, run.test_index, np.arange(len(run.test_index)))
-    rendered, _, _ = render_clips(student, conds, FusionConfig(), manifest["fusion"]["threshold"])
+    fusion = bundle.manifest["fusion"]["threshold"]
+    rendered, _, _ = render_clips(load_renderer(bundle, "student"), conds, FusionConfig(), fusion)
     render = rendered.astype(np.float32) / 255
-    size = render.shape[2:4]
-    pixels = np.stack([np.clip(resize_clip(c.pixels, len(c.pixels), size), 0, 1) for c in conds])
+    pixels = pixel_clips(run.test_outputs["pixels"], render.shape[2:4])
     frame_cls, video_cls, embed = setup.scorers
     results = {}
     clips = {"ridge": ridge, **mixes(render, pixels.astype(np.float32), args.blends, args.sigmas)}

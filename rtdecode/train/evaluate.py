@@ -162,7 +162,7 @@ def _ridge_recon(data: DecoderData, ds: Dataset, fit_samples: np.ndarray, x_test
     )
     w, b, _, _ = fit_ridge(x, (y - mean) @ basis.T, (alpha,))
     pred = np.clip((x_test.reshape(len(x_test), -1) @ w + b) @ basis + mean, 0, 1).reshape(-1, 4, 16, 16, 3)
-    return np.stack([np.clip(resize_clip(p, f, ds.config.stimulus.size), 0, 1) for p in pred])
+    return pixel_clips(pred, ds.config.stimulus.size, f)
 
 
 def _constant_recon(data: DecoderData, ds: Dataset, fit_samples: np.ndarray, n: int) -> np.ndarray:
@@ -203,13 +203,19 @@ def _retrieval_recon(
     return model.reconstruct(x_test.reshape(len(x_test), -1), clip)
 
 
+def pixel_clips(clips: np.ndarray, size: tuple[int, int], frames: int | None = None) -> np.ndarray:
+    """Small decoded pixel clips ``(N, F', h, w, 3)`` resampled to ``frames`` (default: as many
+    as they have) frames of the stimulus ``size``, clipped to [0, 1]."""
+    return np.stack([np.clip(resize_clip(c, frames or len(c), size), 0, 1) for c in clips])
+
+
 def _decoder_recon(run, models: dict, keep: np.ndarray, size: tuple[int, int]) -> dict[str, np.ndarray]:
     """The decoder's blurry video of the scored test TRs: in pixels (when it has the pixel
     head) and its latents decoded through the autoencoder."""
     out = {}
     if "pixels" in run.test_outputs:
         pix = run.test_outputs["pixels"][keep]
-        out["blurry video"] = np.stack([np.clip(resize_clip(p, len(p), size), 0, 1) for p in pix])
+        out["blurry video"] = pixel_clips(pix, size)
     with torch.no_grad():
         lat = run.test_outputs["blurry"][keep]
         n, fr = lat.shape[:2]
