@@ -48,6 +48,8 @@ True
 from __future__ import annotations
 
 import atexit
+import datetime
+import gc
 import logging
 import math
 import os
@@ -81,6 +83,8 @@ log = logging.getLogger("rtdecode.train.loop")
 Batch = Any
 LossOutput = torch.Tensor | tuple[torch.Tensor, dict[str, float | torch.Tensor]]
 _CKPT = re.compile(r"step-(\d+)\.pt$")
+EXIT_BARRIER_S = 30.0  # how long a rank waits at exit for its peers before tearing gloo down
+_EXIT_GROUP: Any = None  # the exit barrier's group (see dist_info)
 
 
 @dataclass(frozen=True)
@@ -206,17 +210,35 @@ def dist_info() -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group("gloo")
         # Tear gloo down before the interpreter exits: its threads still running at exit make
-        # a rank abort ("terminate called without an active exception", SIGABRT).
+        # a rank abort ("terminate called without an active exception", SIGABRT). The ranks
+        # meet first, on a group of their own whose short timeout bounds the wait.
+        global _EXIT_GROUP
+        _EXIT_GROUP = dist.new_group(timeout=datetime.timedelta(seconds=EXIT_BARRIER_S))
         atexit.register(_destroy_process_group)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
 
 
 def _destroy_process_group() -> None:
+    """Tear gloo down while the interpreter is still whole (registered with ``atexit``).
+
+    ``destroy_process_group`` only drops the registry's reference: a DDP wrapper left in a
+    reference cycle would keep the backend alive into interpreter finalisation, so cycles are
+    collected first. The ranks then meet (at most ``EXIT_BARRIER_S``: a peer that crashed, or
+    is stuck in a collective this rank left, must not hang the exit), so that no rank closes
+    its connections while another is still tearing down.
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if _EXIT_GROUP is not None:
+        try:
+            dist.barrier(group=_EXIT_GROUP)
+        except RuntimeError as err:  # DistBackendError included
+            log.info("ranks did not meet at exit within %.0f s (%s); tearing down", EXIT_BARRIER_S, err)
+    dist.destroy_process_group()
 
 
 def _slice(x: Any, rank: int, world: int) -> Any:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,33 @@ with open(f"{sys.argv[1]}/rank{info.rank}.json", "w") as fh:
 """
 
 
+FAILING_RANK = """
+import os, sys
+import torch
+from torch import nn
+from rtdecode.train import loop
+from rtdecode.train.loop import TrainConfig, Trainer
+
+loop.EXIT_BARRIER_S = 5.0  # before the Trainer creates the exit group
+rank = int(os.environ["RANK"])
+
+def make_batch(step, rng):
+    if rank == 1 and step == 3:
+        raise ValueError("rank 1 fails at step 3")
+    x = torch.randn(8, 4)
+    return x, x.sum(1, keepdim=True)
+
+Trainer(nn.Linear(4, 1), lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), make_batch,
+        TrainConfig(steps=10, progress=False)).fit()
+"""
+
+
+def _torchrun(script: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    return subprocess.run([*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def _single_process_losses() -> list[float]:
     seed_everything(0)
     model = nn.Linear(4, 1)
@@ -198,18 +226,7 @@ def test_torchrun_two_processes_data_parallel(tmp_path):
         pytest.skip("torch.distributed with the gloo backend is not available in this torch build")
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(SCRIPT))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(script),
-        str(tmp_path),
-        str(tmp_path / "ckpt"),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    proc = _torchrun(script, str(tmp_path), str(tmp_path / "ckpt"), timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2
@@ -220,3 +237,19 @@ def test_torchrun_two_processes_data_parallel(tmp_path):
     # each rank takes half of the same global batch: the curve matches one process within rounding
     assert np.allclose(loss, _single_process_losses(), rtol=1e-4, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000020.pt", "step-00000025.pt"]
+
+
+@pytest.mark.timeout(120)
+def test_torchrun_failing_rank_ends_the_job(tmp_path):
+    """One rank raises mid-training while its peer waits in an all-reduce: the failing rank's
+    exit barrier gives up after ``EXIT_BARRIER_S`` (it must not wait for a peer stuck in a
+    collective it left), the job ends, and its error names the failing rank's exception."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available in this torch build")
+    script = tmp_path / "fail.py"
+    script.write_text(textwrap.dedent(FAILING_RANK))
+    t0 = time.monotonic()
+    proc = _torchrun(script, timeout=110)
+    assert proc.returncode != 0
+    assert "rank 1 fails at step 3" in proc.stderr
+    assert time.monotonic() - t0 < 90  # without the bounded barrier: the 30-min gloo timeout
