@@ -41,6 +41,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
             raise SystemExit(f"unknown DecodersConfig field {key!r} in variant {text!r}")
         if types[key] in ("float", float):
             overrides[key] = float(value)
+        elif types[key] in ("int", int):
+            overrides[key] = int(value)
         elif types[key] in ("bool", bool):
             overrides[key] = value.lower() in ("1", "true", "yes")
         else:

@@ -26,7 +26,10 @@ regression, which sees every lag of every voxel. The heads:
     With ``pixel_size > 0`` the same frame tokens also give the blurry video itself,
     low-resolution RGB frames (``pixels``): the pixel-space mean an MSE decoder can reach,
     which the latents decoded through the autoencoder are not (the mean of latents decodes
-    to textures, not to a blur).
+    to textures, not to a blur). With ``pixel_rank > 0`` a linear path is added to them:
+    the stem's lag projections, before any non-linearity, through a rank-``pixel_rank``
+    bottleneck to a few key frames, interpolated in time (reduced-rank regression, the
+    linear decoding ridge does, inside the network).
 ``motion``
     Mind-Animator's motion: object and camera motion of the TR (6 values, standardised).
 """
@@ -67,6 +70,7 @@ class DecoderConfig:
     motion_dim: int = 6
     pixel_size: int = 0  # blurry frames in pixels (side); 0: latents only (bundles before pixels)
     lag_features: str = "mixed"  # "mixed" (bundles before "separate") or "separate"
+    pixel_rank: int = 0  # > 0: a reduced-rank linear path from the lag projections to the pixels
     heads: tuple[str, ...] = field(default=HEADS)
 
 
@@ -148,6 +152,29 @@ class _BlurryHead(nn.Module):
         return latents, self.pixels(tokens).view(h.shape[0], self.frames, *self.pixel_shape)
 
 
+class _LinearPixels(nn.Module):
+    """Lag projections → rank-r bottleneck → ``KEY_FRAMES`` frames → linear in time to F frames."""
+
+    KEY_FRAMES = 4
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        inputs = cfg.hidden * (cfg.n_lags if cfg.lag_features == "separate" else 1)
+        ps = cfg.pixel_size
+        self.shape = (3, ps, ps)
+        self.frames = cfg.frames
+        self.net = nn.Sequential(
+            nn.Linear(inputs, cfg.pixel_rank), nn.Linear(cfg.pixel_rank, self.KEY_FRAMES * 3 * ps * ps)
+        )
+        nn.init.zeros_(self.net[1].weight)  # starts as no change to the token path's pixels
+        nn.init.zeros_(self.net[1].bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        keys = self.net(z.flatten(1)).view(z.shape[0], self.KEY_FRAMES, -1).transpose(1, 2)
+        frames = F.interpolate(keys, size=self.frames, mode="linear", align_corners=True)
+        return frames.transpose(1, 2).reshape(z.shape[0], self.frames, *self.shape)
+
+
 class BrainDecoder(nn.Module):
     """fMRI window (B, n_lags, n_voxels) → dict of head outputs.
 
@@ -188,6 +215,8 @@ class BrainDecoder(nn.Module):
         self.mask = nn.Linear(hd, config.mask_frames * config.mask_size**2) if "mask" in heads else None
         self.blurry = _BlurryHead(config) if "blurry" in heads else None
         self.motion = nn.Linear(hd, config.motion_dim) if "motion" in heads else None
+        linear = config.pixel_rank and config.pixel_size and "blurry" in heads
+        self.pixel_linear = _LinearPixels(config) if linear else None
         self.logit_scale = nn.Parameter(torch.tensor(2.6593))  # log(1/0.07), as CLIP
 
     @classmethod
@@ -198,16 +227,23 @@ class BrainDecoder(nn.Module):
         d["heads"] = tuple(d["heads"])
         return cls(DecoderConfig(**d))
 
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem's linear projection of the weighted lags: (B, n_lags, hidden) or, mixed, (B, hidden)."""
+        weighted = x * self.lag_mix.unsqueeze(0)
+        return self.stem[:2](weighted if self.separate else weighted.sum(1))
+
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
+        s = self.stem[2:](z)
+        return self.blocks(s if self.join is None else self.join(s.flatten(1)))
+
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
         """Shared features (B, hidden) of a window (B, n_lags, n_voxels)."""
-        weighted = x * self.lag_mix.unsqueeze(0)
-        if self.join is None:
-            return self.blocks(self.stem(weighted.sum(1)))
-        return self.blocks(self.join(self.stem(weighted).flatten(1)))
+        return self._features(self._project(x))
 
     def forward(self, x: torch.Tensor, caption_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """All heads' outputs; ``caption`` logits only when teacher tokens are given."""
-        h = self.backbone(x)
+        z = self._project(x)
+        h = self._features(z)
         out: dict[str, torch.Tensor] = {"hidden": h}
         c, hh, ww = self.cfg.latent_shape
         if self.semantic is not None:
@@ -222,7 +258,7 @@ class BrainDecoder(nn.Module):
         if self.blurry is not None:
             out["blurry"], pixels = self.blurry(h)
             if pixels is not None:
-                out["pixels"] = pixels
+                out["pixels"] = pixels if self.pixel_linear is None else pixels + self.pixel_linear(z)
         if self.motion is not None:
             out["motion"] = self.motion(h)
         if self.caption is not None and caption_tokens is not None:

@@ -81,6 +81,9 @@ class DecodersConfig:
     pixel_size: int = field(
         default=16, metadata={"help": "blurry frames also in pixels (side; 0: latents only)"}
     )
+    pixel_rank: int = field(
+        default=0, metadata={"help": "rank of a linear path from the lag projections to the pixels (0: none)"}
+    )
     steps: int = 4000
     batch: int = 64
     lr: float = 1e-3
@@ -376,6 +379,7 @@ def make_model(cfg: DecodersConfig, n_voxels: int, tokenizer: WordTokenizer, emb
         vocab_size=len(tokenizer),
         heads=tuple(cfg.heads),
         pixel_size=cfg.pixel_size if "blurry" in cfg.heads else 0,
+        pixel_rank=cfg.pixel_rank,
     )
     return BrainDecoder(dc)
 

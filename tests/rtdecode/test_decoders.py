@@ -216,3 +216,31 @@ def test_separate_lags_reach_the_heads():
         assert rebuilt.separate == (mode == "separate")
     with pytest.raises(ValueError, match="lag_features"):
         BrainDecoder(replace(SMALL, lag_features="summed"))
+
+
+def test_linear_pixel_path_starts_neutral_and_learns():
+    """``pixel_rank``: a reduced-rank linear path from the lag projections to the pixels. It
+    starts as no change to the token path's pixels, learns (only its gradient moves it here),
+    and a config without the field (bundles before it) builds the model without it."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    plain = BrainDecoder(replace(SMALL, lag_features="separate")).eval()
+    torch.manual_seed(0)
+    model = BrainDecoder(replace(SMALL, lag_features="separate", pixel_rank=8)).eval()
+    x = torch.randn(4, 2, SMALL.n_voxels)
+    with torch.no_grad():
+        assert torch.equal(model(x)["pixels"], plain(x)["pixels"])
+    target = torch.rand(4, SMALL.frames, 3, SMALL.pixel_size, SMALL.pixel_size)
+    opt = torch.optim.Adam(model.pixel_linear.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.mse_loss(model(x)["pixels"], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    old = {k: v for k, v in model.config.items() if k != "pixel_rank"}
+    assert BrainDecoder.from_config(old).pixel_linear is None
+    assert BrainDecoder.from_config(model.config).pixel_linear is not None
