@@ -19,7 +19,6 @@ Results go to ``benchmarks/results/class_profile.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,8 +26,7 @@ import held_out
 import numpy as np
 
 from rtdecode.metrics.semantic import n_way_accuracy
-from rtdecode.train.decoders import DecoderData, _splits, train_decoder
-from rtdecode.train.evaluate import _constant_recon, pixel_clips
+from rtdecode.train.evaluate import pixel_clips
 from scanner_sim.dataset import Dataset
 
 WAYS = (2, 50)
@@ -54,19 +52,13 @@ def main() -> int:
     args = ap.parse_args()
     setup = held_out.load(args)
     frame_cls, video_cls, _ = setup.scorers
+    run = held_out.validation_decoder(setup, args.tag)
     with Dataset(args.dataset) as ds:
         seg = held_out.segment(setup, ds)
-        base = setup.base
-        data = DecoderData(setup.prep, ds.runs, ds.config.segment_trs, setup.select, base.lags, base.warmup)
-        fit, _, _ = _splits(ds.runs)
-        dim = setup.targets.image_emb.shape[1]
-        run = train_decoder(
-            base, setup.targets, setup.tokenizer, dim, setup.prep, setup.select, True, True, args.tag
-        )
         recon = {
             "decoders' pixels": pixel_clips(run.test_outputs["pixels"], ds.config.stimulus.size),
             "ridge": seg.ridge(),
-            "constant": np.array(_constant_recon(data, ds, data.samples(fit), len(seg.index))),
+            "constant": seg.constant(),
         }
     truth = seg.truth
     true_probs = {"frame": frame_cls(truth.reshape(-1, *truth.shape[2:])), "video": video_cls(truth)}
@@ -78,12 +70,7 @@ def main() -> int:
             results[f"{args.subject} {name} {kind}"] = row = scores(pred[kind], true_probs[kind])
             line = " ".join(f"{k} {v:.3f}" for k, v in row.items())
             print(f"{args.subject} {name} {kind}: {line}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = json.loads(args.out.read_text()) if args.out.exists() else {"results": {}, "commands": []}
-    doc["results"].update(results)
-    doc["commands"] = [*doc.get("commands", []), " ".join(sys.argv)]
-    doc.update(held_out_trs=len(seg.index), decoder=args.tag)
-    args.out.write_text(json.dumps(doc, indent=1, default=float))
+    held_out.save_results(args.out, results, held_out_trs=len(seg.index), decoder=args.tag)
     return 0
 
 

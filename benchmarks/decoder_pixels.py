@@ -16,14 +16,14 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import held_out
 import numpy as np
 
 from rtdecode.metrics.table import evaluate_clips
-from rtdecode.train.decoders import DecodersConfig, train_decoder
+from rtdecode.train.decoders import DecodersConfig
 from rtdecode.train.evaluate import pixel_clips
 from scanner_sim.dataset import Dataset
 
@@ -68,22 +68,9 @@ def main() -> int:
             name, overrides = parse_variant(text)
 
             def decode(name=name, overrides=overrides):
-                cfg = replace(setup.base, **overrides)
                 # its own checkpoints: neither the subject's real decoder nor another variant's
-                dim = setup.targets.image_emb.shape[1]
-                run = train_decoder(
-                    cfg,
-                    setup.targets,
-                    setup.tokenizer,
-                    dim,
-                    setup.prep,
-                    setup.select,
-                    True,
-                    True,
-                    f"-val-{name}",
-                )
-                pixels = run.test_outputs["pixels"]
-                return pixel_clips(pixels, size)
+                run = held_out.validation_decoder(setup, f"-val-{name}", **overrides)
+                return pixel_clips(run.test_outputs["pixels"], size)
 
             recon[f"decoder {name} {json.dumps(overrides)}"] = decode
         for name, make in recon.items():
@@ -91,13 +78,7 @@ def main() -> int:
             row = evaluate_clips(make().astype(np.float32), seg.truth, frame_cls, video_cls, embed, rng=0)
             results[f"{args.subject} {name}"] = {k: row[k] for k in COLUMNS} | {"seconds": time.time() - t0}
             print(f"{args.subject} {name}: " + " ".join(f"{k} {row[k]:.3f}" for k in COLUMNS), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    # Read just before writing: runs for other subjects may have finished meanwhile.
-    doc = json.loads(args.out.read_text()) if args.out.exists() else {"results": {}, "commands": []}
-    doc["results"].update(results)
-    doc["commands"] = [*doc.get("commands", []), " ".join(sys.argv)]
-    doc.update(steps=args.steps, held_out_trs=len(seg.index))
-    args.out.write_text(json.dumps(doc, indent=1, default=float))
+    held_out.save_results(args.out, results, steps=args.steps, held_out_trs=len(seg.index))
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -28,7 +27,6 @@ from rtdecode.bundle import load_bundle
 from rtdecode.fuse import FusionConfig
 from rtdecode.metrics.table import evaluate_clips
 from rtdecode.render import load_renderer
-from rtdecode.train.decoders import train_decoder
 from rtdecode.train.evaluate import pixel_clips
 from rtdecode.train.evaluate_render import decoded_conditions, render_clips
 from scanner_sim.dataset import Dataset
@@ -74,10 +72,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "render_blend.json")
     args = ap.parse_args()
     setup = held_out.load(args)
-    dim = setup.targets.image_emb.shape[1]
-    cfg = replace(setup.base, **DECODER)
-    inputs = (setup.targets, setup.tokenizer, dim, setup.prep, setup.select)
-    run = train_decoder(cfg, *inputs, True, True, "-val-mse")
+    run = held_out.validation_decoder(setup, "-val-mse", **DECODER)
     with Dataset(args.dataset) as ds:
         seg = held_out.segment(setup, ds)
         ridge = seg.ridge()
